@@ -1,0 +1,3 @@
+"""normcore: torch.nn normalization layers on pluggable array backends."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,282 @@
+"""The backend contract: what a backend implements so that every normcore layer runs on it.
+
+A backend owns arithmetic only. It knows nothing of layers, modules, momentum policies or torch
+semantics; the functional layer (`normcore.functional`) validates input, reshapes it into one of
+the canonical views below, picks defaults and decides what to do with the results.
+
+Canonical views (all arrays are the backend's own array type, any strides):
+
+* channel view ``x3`` of shape ``(N, C, L)``: BatchNorm statistics reduce over axes (0, 2), one
+  value per channel. BatchNorm1d/2d/3d and every evaluation-mode normalization with fixed
+  per-channel statistics use it.
+* group view ``x4`` of shape ``(N, G, D, L)``: statistics reduce over axes (2, 3), one value per
+  ``(n, g)`` "row"; the affine weight and bias have shape ``(G, D)`` and broadcast over L.
+  LayerNorm is ``(rows, 1, K, 1)``, GroupNorm ``(N, G, C // G, spatial)``, InstanceNorm
+  ``(N, C, 1, spatial)`` and RMSNorm is LayerNorm with ``center=False``.
+* row view ``x2`` of shape ``(R, K)``: weight standardization, one row per output filter.
+
+Rules every kernel follows:
+
+* Inputs are never mutated; every result is a new array. The layers assign running statistics.
+* ``x``/``dy`` have a floating dtype (float16, float32, float64, and whatever else the backend
+  lists in ``dtypes``); outputs of the same shape as ``x`` have x's dtype. Statistics (mean, var,
+  denominators) are float64 for float64 input and float32 otherwise; float16 input is computed in
+  float32 at least. Float32 input must accumulate safely (float64 sums or a two-pass scheme): a
+  float32 input with mean 1e4 and std 1 gives a variance within 1e-3 of the float64 answer.
+* Weight, bias and running statistics have the statistics' precision or the input's dtype; a
+  kernel accepts either and returns dweight/dbias in the dtype of the weight it was given (x's
+  dtype when the weight is None).
+* ``var`` is always the biased (population) variance; ``rstd = 1 / sqrt(var + eps)``.
+* The layers never call a kernel with an empty array (any dimension 0): they handle that case.
+* Sums are deterministic run to run for a fixed thread count.
+
+A new backend subclasses :class:`Backend`, implements the kernels listed in :data:`KERNELS`
+(or declares a subset in ``kernels`` and lets users opt into falling back to the reference) and
+registers a factory in the ``normcore.backends`` entry-point group. ``docs/writing-a-backend.md``
+walks through it; ``normcore verify --backend NAME`` proves it.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+#: The contract version this core implements. A backend whose ``api_version`` differs is refused.
+API_VERSION = 1
+
+#: Every kernel of the contract, in the order the docs present them.
+KERNELS: tuple[str, ...] = (
+    "channel_moments",
+    "channel_normalize",
+    "channel_normalize_backward",
+    "running_update",
+    "group_normalize",
+    "group_normalize_backward",
+    "standardize_rows",
+    "standardize_rows_backward",
+    "dropout",
+)
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here; falsy with a human-readable ``reason`` when it cannot."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Backend(abc.ABC):
+    """Base class of every backend. Subclasses set ``name`` and implement the kernels.
+
+    Arrays are whatever the backend computes on (NumPy arrays, CuPy arrays, ...). They must offer
+    ``shape``, ``dtype``, ``ndim``, ``size``, ``reshape`` and ``+`` (used to accumulate gradients),
+    and ``a[...] = b`` assignment for the functional API's in-place running statistics.
+    """
+
+    #: Registry name, e.g. ``"numpy"``. Set by subclasses.
+    name: ClassVar[str] = ""
+    #: Contract version the backend was written against.
+    api_version: ClassVar[int] = API_VERSION
+    #: ``"cpu"`` backends take and return NumPy arrays and can be chosen automatically;
+    #: ``"gpu"`` (or anything else) backends are used only when named.
+    device: ClassVar[str] = "cpu"
+    #: Kernels this backend implements. A partial backend lists fewer; see ``normcore.registry``.
+    kernels: ClassVar[frozenset[str]] = frozenset(KERNELS)
+    #: Input dtypes the kernels accept.
+    dtypes: ClassVar[tuple[Any, ...]] = (np.float16, np.float32, np.float64)
+
+    # ------------------------------------------------------------------ housekeeping
+    def is_available(self) -> Availability:
+        """Whether this backend can run on this machine (libraries importable, device present)."""
+        return Availability(True)
+
+    def version(self) -> str:
+        """Version string shown by ``normcore info`` (e.g. the version of the library it wraps)."""
+        return ""
+
+    @abc.abstractmethod
+    def asarray(self, obj: Any, dtype: Any = None) -> Any:
+        """Convert ``obj`` to this backend's array type without copying when it already is one.
+
+        ``dtype=None`` keeps the dtype of ``obj``. Never changes values except for the dtype cast.
+        """
+
+    @abc.abstractmethod
+    def to_numpy(self, arr: Any) -> np.ndarray:
+        """Return ``arr`` as a NumPy array (copies device memory to the host)."""
+
+    def is_native(self, arr: Any) -> bool:
+        """True when ``arr`` is already this backend's array type (no conversion needed)."""
+        return isinstance(arr, np.ndarray)
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: Any) -> Any:
+        """A new array of ``shape`` filled with ``value`` (used for parameters and buffers)."""
+        return self.asarray(np.full(shape, value, dtype=dtype))
+
+    def copy(self, arr: Any) -> Any:
+        """An independent copy of ``arr`` (used when loading state and snapshotting buffers)."""
+        return self.asarray(self.to_numpy(arr).copy())
+
+    # ------------------------------------------------------------------ channel view (N, C, L)
+    def channel_moments(self, x3: Any) -> tuple[Any, Any]:
+        """Per-channel mean and biased variance of ``x3`` over axes (0, 2). Returns two (C,) arrays."""
+        raise NotImplementedError
+
+    def channel_normalize(
+        self, x3: Any, mean: Any, var: Any, eps: float, weight: Any | None, bias: Any | None
+    ) -> Any:
+        """``y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c]`` over the (N, C, L) view.
+
+        ``weight``/``bias`` are (C,) or None (meaning 1 and 0). Returns y with x's shape and dtype.
+        """
+        raise NotImplementedError
+
+    def channel_normalize_backward(
+        self,
+        dy3: Any,
+        x3: Any,
+        mean: Any,
+        var: Any,
+        eps: float,
+        weight: Any | None,
+        batch_stats: bool,
+    ) -> tuple[Any, Any, Any]:
+        """Gradients of :meth:`channel_normalize`. Returns ``(dx3, dweight, dbias)``.
+
+        With ``xhat = (x - mean) * rstd``, ``g = dy * weight`` and sums over axes (0, 2), M = N*L:
+        ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)``, and
+        ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)`` when ``batch_stats`` (mean and var
+        were computed from this x), or ``dx = rstd * g`` when they were constants (evaluation).
+        """
+        raise NotImplementedError
+
+    def running_update(
+        self,
+        running_mean: Any,
+        running_var: Any,
+        mean: Any,
+        var: Any,
+        momentum: float,
+        var_correction: float,
+    ) -> tuple[Any, Any]:
+        """New running statistics from batch statistics of shape (B, C), averaged over B.
+
+        ``new_mean = (1 - momentum) * running_mean + momentum * mean.mean(0)`` and
+        ``new_var = (1 - momentum) * running_var + momentum * var_correction * var.mean(0)``,
+        returned in the dtype of ``running_mean``; the inputs are left as they are.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ group view (N, G, D, L)
+    def group_normalize(
+        self, x4: Any, weight: Any | None, bias: Any | None, eps: float, center: bool
+    ) -> tuple[Any, Any, Any]:
+        """Normalize each (n, g) row of ``x4`` over axes (2, 3). Returns ``(y4, mean, var)``.
+
+        ``center=True``: ``mean``/``var`` are the row mean and biased variance, and
+        ``y = (x - mean) / sqrt(var + eps) * weight[g, d] + bias[g, d]``.
+        ``center=False`` (RMS): ``mean`` is zeros, ``var`` is the mean of squares, and
+        ``y = x / sqrt(var + eps) * weight[g, d] (+ bias[g, d])``.
+        ``weight``/``bias`` are (G, D) or None; ``mean``/``var`` are (N, G).
+        """
+        raise NotImplementedError
+
+    def group_normalize_backward(
+        self,
+        dy4: Any,
+        x4: Any,
+        mean: Any,
+        var: Any,
+        eps: float,
+        weight: Any | None,
+        center: bool,
+    ) -> tuple[Any, Any, Any]:
+        """Gradients of :meth:`group_normalize`. Returns ``(dx4, dweight, dbias)``; the last two (G, D).
+
+        Per row with M = D*L, ``xhat = (x - mean) * rstd`` and ``g = dy * weight[g, d]``:
+        ``dx = rstd * (g - sum(g)/M - xhat * sum(g * xhat)/M)`` (center) or
+        ``dx = rstd * (g - xhat * sum(g * xhat)/M)`` (RMS, ``xhat = x * rstd``);
+        ``dweight = sum over (n, l) of dy * xhat``; ``dbias = sum over (n, l) of dy``.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ row view (R, K)
+    def standardize_rows(
+        self, x2: Any, eps: float, ddof: int, eps_in_root: bool
+    ) -> tuple[Any, Any, Any]:
+        """Weight standardization: ``y = (x - mean) / denom`` per row. Returns ``(y2, mean, denom)``.
+
+        ``v = sum((x - mean)**2) / (K - ddof)``; ``denom = sqrt(v + eps)`` when ``eps_in_root``,
+        else ``sqrt(v) + eps``. ``mean`` and ``denom`` are (R,).
+        """
+        raise NotImplementedError
+
+    def standardize_rows_backward(
+        self, dy2: Any, x2: Any, mean: Any, denom: Any, eps: float, ddof: int, eps_in_root: bool
+    ) -> Any:
+        """Gradient of :meth:`standardize_rows` with respect to x. Returns dx2.
+
+        With ``c = x - mean`` and ``S = sum(dy * c)`` per row:
+        ``dx = (dy - mean(dy)) / denom - c * S / ((K - ddof) * denom**3)`` when ``eps_in_root``,
+        ``dx = (dy - mean(dy)) / denom - c * S / ((K - ddof) * sqrt(v) * denom**2)`` otherwise
+        (the second term is 0 where ``v == 0``).
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ dropout
+    def dropout(self, x: Any, p: float, seed: int) -> Any:
+        """Inverted dropout with a counter-based mask: ``y[i] = x[i] * keep(i) * dropout_scale(p)``.
+
+        Element i (its flat index in C order of x's shape, whatever x's strides) is kept when
+        ``splitmix64(seed ^ splitmix64(i)) >> 40 >= dropout_threshold(p)`` (integer arithmetic
+        modulo 2**64, ``seed`` in [0, 2**63)). The mask is bit-exact across backends, so one seed
+        drops the same elements everywhere, and backward is the same call applied to dy.
+        ``p == 1`` gives zeros, ``p == 0`` returns x unchanged (as a new array).
+        """
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- the dropout hash
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(z: int) -> int:
+    """SplitMix64 finalizer (Steele, Lea, Flood 2014) on a Python int; the reference definition."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dropout_threshold(p: float) -> int:
+    """Elements whose 24-bit hash is below this integer are dropped: ``ceil(p * 2**24)``."""
+    return int(math.ceil(p * (1 << 24)))
+
+
+def dropout_scale(p: float) -> float:
+    """The factor kept elements are multiplied by: ``1 / (1 - p)``, and 0 for ``p == 1``."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def dropout_keep_mask(shape: tuple[int, ...], p: float, seed: int) -> np.ndarray:
+    """The boolean keep-mask of :meth:`Backend.dropout`, vectorized in NumPy (reference and tests)."""
+    n = int(np.prod(shape, dtype=np.int64))
+    with np.errstate(over="ignore"):
+        idx = np.arange(n, dtype=np.uint64)
+        h = _splitmix64_np(np.uint64(seed & _MASK64) ^ _splitmix64_np(idx))
+    return ((h >> np.uint64(40)) >= np.uint64(dropout_threshold(p))).reshape(shape)
+
+
+def _splitmix64_np(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
