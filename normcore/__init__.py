@@ -1,3 +1,53 @@
-"""normcore: torch.nn normalization layers on pluggable array backends."""
+"""normcore: torch.nn normalization layers on pluggable array backends.
+
+>>> import numpy as np, normcore
+>>> ln = normcore.LayerNorm(4)
+>>> y = ln(np.arange(8, dtype=np.float32).reshape(2, 4))
+>>> dx = ln.backward(np.ones_like(y))
+>>> ln.weight.grad.shape
+(4,)
+"""
+
+from typing import Any
+
+import numpy as np
+
+from . import functional
+from ._checks import DTypeError, ShapeError
+from .backend import API_VERSION, Availability, Backend
+from .modules import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    Dropout,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    Module,
+    Parameter,
+    RMSNorm,
+)
+from .registry import BackendError, get_backend, list_backends, register, use_backend
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "API_VERSION", "Availability", "Backend", "BackendError", "DTypeError", "ShapeError",
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+    "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "Dropout", "Module", "Parameter",
+    "functional", "get_backend", "list_backends", "register", "use_backend", "to_numpy",
+    "__version__",
+]
+
+
+def to_numpy(arr: Any) -> np.ndarray:
+    """Bring any array normcore returned (NumPy, CuPy, ...) to a NumPy array on the host."""
+    if isinstance(arr, np.ndarray):
+        return arr
+    if hasattr(arr, "get"):  # CuPy
+        return arr.get()
+    if hasattr(arr, "copy_to_host"):  # Numba device array
+        return arr.copy_to_host()
+    return np.asarray(arr)

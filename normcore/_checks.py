@@ -1,0 +1,100 @@
+"""Input validation shared by the functional layer and the modules. Every message says what was
+expected and what came."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend
+
+
+class ShapeError(ValueError, RuntimeError):
+    """A wrong shape. Both a ValueError and a RuntimeError, because torch raises either for these."""
+
+
+class DTypeError(TypeError, RuntimeError):
+    """A wrong dtype (integer input, or a dtype that differs from the parameters'). No silent casts."""
+
+
+def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
+    """``x`` as a floating array of ``backend`` (NumPy input is moved to a GPU backend's device)."""
+    if not backend.is_native(x):
+        if not hasattr(x, "dtype") and not isinstance(x, (list, tuple, float, int)):
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+        x = backend.asarray(x)
+    dtype = np.dtype(x.dtype)
+    if dtype.kind != "f":
+        raise DTypeError(f"{name} must have a floating dtype {_names(backend.dtypes)}, got {dtype} "
+                         "(normcore does not cast silently)")
+    if dtype not in {np.dtype(d) for d in backend.dtypes}:
+        raise DTypeError(f"{name} dtype {dtype} is not supported by backend {backend.name!r}, "
+                         f"which takes {_names(backend.dtypes)}")
+    return x
+
+
+def _names(dtypes: Any) -> str:
+    return "/".join(np.dtype(d).name for d in dtypes)
+
+
+def same_dtype(x: Any, other: Any, what: str) -> None:
+    if other is not None and np.dtype(other.dtype) != np.dtype(x.dtype):
+        raise DTypeError(f"input dtype {np.dtype(x.dtype)} does not match the {what} dtype "
+                         f"{np.dtype(other.dtype)}; convert one of them (no silent cast)")
+
+
+def vector(v: Any, backend: Backend, size: int, what: str, x: Any) -> Any:
+    """An optional per-channel vector (weight, bias, running statistic) of ``size`` elements."""
+    if v is None:
+        return None
+    v = as_input(v, backend, what)
+    if tuple(v.shape) != (size,):
+        raise ShapeError(f"{what} must have shape ({size},) to match the input's {size} channels, "
+                         f"got {tuple(v.shape)}")
+    same_dtype(x, v, what)
+    return v
+
+
+def check_eps(eps: float) -> float:
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps):
+        raise TypeError(f"eps must be a finite number, got {eps!r}")
+    if eps < 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
+    return float(eps)
+
+
+def check_momentum(momentum: float | None, allow_none: bool) -> None:
+    if momentum is None:
+        if not allow_none:
+            raise TypeError("momentum must be a number here; None (cumulative average) is "
+                            "handled by the modules")
+        return
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"momentum must be a number or None, got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+
+
+def check_positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def normalized_shape_tuple(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {shape!r}") \
+            from None
+    if len(shape) == 0:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    return tuple(check_positive_int(s, "every normalized_shape entry") for s in shape)
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64))

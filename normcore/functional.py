@@ -1,0 +1,510 @@
+"""The functional layer: torch.nn.functional's normalization signatures, each paired with an
+explicit backward.
+
+Every forward returns ``(output, saved)``; ``saved`` holds what backward needs, and
+``*_backward(grad_output, saved)`` returns ``(grad_input, grad_weight, grad_bias)`` (None for a
+missing weight or bias). This module owns the semantics: validation, the reshape of every layer onto
+one of the backend's canonical views (see :mod:`normcore.backend`), defaults, and the
+running-statistics policy. Backends only do the arithmetic.
+
+>>> import numpy as np, normcore.functional as F
+>>> x = np.arange(8, dtype=np.float32).reshape(2, 4)
+>>> y, saved = F.layer_norm(x, (4,))
+>>> dx, dw, db = F.layer_norm_backward(np.ones_like(x), saved)
+>>> y[0].astype(float).round(4).tolist(), float(abs(dx).max()) < 1e-6
+([-1.3416, -0.4472, 0.4472, 1.3416], True)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from ._checks import (
+    DTypeError,
+    ShapeError,
+    as_input,
+    check_eps,
+    check_momentum,
+    check_positive_int,
+    normalized_shape_tuple,
+    numel,
+    same_dtype,
+    vector,
+)
+from .backend import Backend
+
+__all__ = [
+    "Saved",
+    "batch_norm", "batch_norm_backward",
+    "instance_norm", "instance_norm_backward",
+    "layer_norm", "layer_norm_backward",
+    "group_norm", "group_norm_backward",
+    "rms_norm", "rms_norm_backward",
+    "weight_standardization", "weight_standardization_backward",
+    "dropout", "dropout_backward",
+]
+
+logger = logging.getLogger("normcore")
+Array = Any
+
+
+@dataclass
+class Saved:
+    """What a forward keeps for its backward: the canonical view of the input and its statistics."""
+
+    op: str
+    backend: Backend
+    input_shape: tuple[int, ...]
+    dtype: np.dtype
+    x: Array = None  # the canonical view of the input (None for an empty input)
+    mean: Array = None
+    var: Array = None
+    eps: float = 0.0
+    weight: Array = None  # weight in the kernel's layout
+    weight_shape: tuple[int, ...] | None = None
+    has_bias: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunningUpdate:
+    """New running statistics computed by a forward, for the caller to commit."""
+
+    mean: Array
+    var: Array
+
+
+def _call(backend: Backend, name: str, *args: Any) -> Any:
+    fn = registry.kernel(backend, name)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("%s ran on backend %r", name, backend.name)
+    return fn(*args)
+
+
+def _prepare(input: Array, backend: str | Backend | None) -> tuple[Backend, Array]:
+    chosen = registry.select(backend)
+    return chosen, as_input(input, chosen)
+
+
+def _empty_like(backend: Backend, x: Array) -> Array:
+    return backend.full(tuple(x.shape), 0.0, x.dtype)
+
+
+def _zeros(backend: Backend, shape: tuple[int, ...] | None, dtype: Any) -> Array:
+    return None if shape is None else backend.full(shape, 0.0, dtype)
+
+
+def _reshape_param(backend: Backend, p: Array, shape: tuple[int, ...]) -> Array:
+    return None if p is None else p.reshape(shape)
+
+
+# ---------------------------------------------------------------------- batch norm
+def _batch_norm(
+    input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
+    bias: Array | None, training: bool, momentum: float, eps: float,
+    backend: str | Backend | None,
+) -> tuple[Array, Saved, RunningUpdate | None]:
+    """batch_norm without side effects: returns the running statistics to commit."""
+    eps = check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    be, x = _prepare(input, backend)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm expects input of shape (N, C, *), got {x.ndim}D input "
+                         f"of shape {tuple(x.shape)}")
+    n_, c = x.shape[0], x.shape[1]
+    weight = vector(weight, be, c, "weight", x)
+    bias = vector(bias, be, c, "bias", x)
+    running_mean = vector(running_mean, be, c, "running_mean", x)
+    running_var = vector(running_var, be, c, "running_var", x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    per_channel = numel(tuple(x.shape)) // c if c else 0
+    if training and per_channel == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{tuple(x.shape)}")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm in evaluation mode (training=False) needs running_mean and "
+                         "running_var; got None")
+    saved = Saved("batch_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps,
+                  weight=weight, weight_shape=None if weight is None else (c,),
+                  has_bias=bias is not None, extra={"batch_stats": training})
+    if x.size == 0:
+        return _empty_like(be, x), saved, None
+    x3 = x.reshape(n_, c, per_channel // n_)
+    update = None
+    if training:
+        mean, var = _call(be, "channel_moments", x3)
+        if running_mean is not None:
+            correction = per_channel / (per_channel - 1)
+            new_mean, new_var = _call(be, "running_update", running_mean, running_var,
+                                      mean.reshape(1, c), var.reshape(1, c), momentum, correction)
+            update = RunningUpdate(new_mean, new_var)
+    else:
+        mean, var = running_mean, running_var
+    y = _call(be, "channel_normalize", x3, mean, var, eps, weight, bias)
+    saved.x, saved.mean, saved.var = x3, mean, var
+    return y.reshape(x.shape), saved, update
+
+
+def batch_norm(
+    input: Array, running_mean: Array | None, running_var: Array | None,
+    weight: Array | None = None, bias: Array | None = None, training: bool = False,
+    momentum: float = 0.1, eps: float = 1e-5, *, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Batch normalization over (N, C, *) input, as ``torch.nn.functional.batch_norm``.
+
+    In training mode the batch statistics normalize and, when running statistics are given, they
+    are updated in place: ``running = (1 - momentum) * running + momentum * batch`` with the
+    unbiased batch variance. In evaluation mode the running statistics normalize.
+
+    >>> import numpy as np, normcore.functional as F
+    >>> x = np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32)
+    >>> rm, rv = np.zeros(2, np.float32), np.ones(2, np.float32)
+    >>> y, saved = F.batch_norm(x, rm, rv, training=True)
+    >>> y.astype(float).round(4).tolist(), rm.astype(float).round(4).tolist()
+    ([[-1.0, -1.0], [1.0, 1.0]], [0.2, 0.4])
+    """
+    y, saved, update = _batch_norm(input, running_mean, running_var, weight, bias, training,
+                                   momentum, eps, backend)
+    if update is not None:
+        running_mean[...] = update.mean
+        running_var[...] = update.var
+    return y, saved
+
+
+# ---------------------------------------------------------------------- instance norm
+def _instance_norm(
+    input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
+    bias: Array | None, use_input_stats: bool, momentum: float, eps: float,
+    backend: str | Backend | None,
+) -> tuple[Array, Saved, RunningUpdate | None]:
+    eps = check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    be, x = _prepare(input, backend)
+    if x.ndim < 3:
+        raise ShapeError(f"instance_norm expects input of shape (N, C, *spatial), got {x.ndim}D "
+                         f"input of shape {tuple(x.shape)}")
+    n_, c = x.shape[0], x.shape[1]
+    spatial = numel(tuple(x.shape[2:]))
+    weight = vector(weight, be, c, "weight", x)
+    bias = vector(bias, be, c, "bias", x)
+    running_mean = vector(running_mean, be, c, "running_mean", x)
+    running_var = vector(running_var, be, c, "running_var", x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    if use_input_stats and spatial == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size "
+                         f"{tuple(x.shape)}")
+    if not use_input_stats and running_mean is None:
+        raise ValueError("instance_norm with use_input_stats=False needs running_mean and "
+                         "running_var; got None")
+    saved = Saved("instance_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=weight,
+                  weight_shape=None if weight is None else (c,), has_bias=bias is not None,
+                  extra={"batch_stats": use_input_stats})
+    if x.size == 0:
+        return _empty_like(be, x), saved, None
+    update = None
+    if use_input_stats:
+        x4 = x.reshape(n_, c, 1, spatial)
+        y, mean, var = _call(be, "group_normalize", x4, _reshape_param(be, weight, (c, 1)),
+                             _reshape_param(be, bias, (c, 1)), eps, True)
+        if running_mean is not None:
+            # torch averages the per-instance statistics over the batch, var made unbiased over L.
+            new_mean, new_var = _call(be, "running_update", running_mean, running_var, mean, var,
+                                      momentum, spatial / (spatial - 1))
+            update = RunningUpdate(new_mean, new_var)
+        saved.x, saved.mean, saved.var = x4, mean, var
+        saved.weight = _reshape_param(be, weight, (c, 1))
+    else:
+        x3 = x.reshape(n_, c, spatial)
+        y = _call(be, "channel_normalize", x3, running_mean, running_var, eps, weight, bias)
+        saved.x, saved.mean, saved.var = x3, running_mean, running_var
+    return y.reshape(x.shape), saved, update
+
+
+def instance_norm(
+    input: Array, running_mean: Array | None = None, running_var: Array | None = None,
+    weight: Array | None = None, bias: Array | None = None, use_input_stats: bool = True,
+    momentum: float = 0.1, eps: float = 1e-5, *, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Instance normalization over (N, C, *spatial), as ``torch.nn.functional.instance_norm``.
+
+    Each (n, c) plane is normalized by its own statistics when ``use_input_stats``; running
+    statistics, when given, are updated in place with the batch average of the per-instance ones.
+
+    >>> import numpy as np, normcore.functional as F
+    >>> y, _ = F.instance_norm(np.array([[[1.0, 3.0]]], dtype=np.float32))
+    >>> y.round(4).tolist()
+    [[[-1.0, 1.0]]]
+    """
+    y, saved, update = _instance_norm(input, running_mean, running_var, weight, bias,
+                                      use_input_stats, momentum, eps, backend)
+    if update is not None:
+        running_mean[...] = update.mean
+        running_var[...] = update.var
+    return y, saved
+
+
+# ---------------------------------------------------------------------- row norms
+def _row_norm(
+    op: str, input: Array, normalized_shape: Sequence[int] | int, weight: Array | None,
+    bias: Array | None, eps: float | None, center: bool, backend: str | Backend | None,
+) -> tuple[Array, Saved]:
+    shape = normalized_shape_tuple(normalized_shape)
+    be, x = _prepare(input, backend)
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    eps = check_eps(eps)
+    k = len(shape)
+    if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
+        raise ShapeError(f"Given normalized_shape={list(shape)}, expected input with shape "
+                         f"[*, {', '.join(map(str, shape))}], but got input of size "
+                         f"{list(x.shape)}")
+    for p, what in ((weight, "weight"), (bias, "bias")):
+        if p is not None:
+            p = as_input(p, be, what)
+            if tuple(p.shape) != shape:
+                raise ShapeError(f"{what} must have shape {shape} (normalized_shape), "
+                                 f"got {tuple(p.shape)}")
+            same_dtype(x, p, what)
+    if weight is not None:
+        weight = as_input(weight, be, "weight")
+    if bias is not None:
+        bias = as_input(bias, be, "bias")
+    cols = numel(shape)
+    w2 = _reshape_param(be, weight, (1, cols))
+    saved = Saved(op, be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
+                  weight_shape=None if weight is None else shape, has_bias=bias is not None,
+                  extra={"center": center})
+    if x.size == 0:
+        return _empty_like(be, x), saved
+    x4 = x.reshape(x.size // cols, 1, cols, 1)
+    y, mean, var = _call(be, "group_normalize", x4, w2, _reshape_param(be, bias, (1, cols)),
+                         eps, center)
+    saved.x, saved.mean, saved.var = x4, mean, var
+    return y.reshape(x.shape), saved
+
+
+def layer_norm(
+    input: Array, normalized_shape: Sequence[int] | int, weight: Array | None = None,
+    bias: Array | None = None, eps: float = 1e-5, *, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Layer normalization over the trailing ``normalized_shape`` dims (``F.layer_norm``).
+
+    >>> import numpy as np, normcore.functional as F
+    >>> y, _ = F.layer_norm(np.array([[1.0, 3.0]], dtype=np.float64), 2, eps=0.0)
+    >>> y.tolist()
+    [[-1.0, 1.0]]
+    """
+    return _row_norm("layer_norm", input, normalized_shape, weight, bias, eps, True, backend)
+
+
+def rms_norm(
+    input: Array, normalized_shape: Sequence[int] | int, weight: Array | None = None,
+    eps: float | None = None, *, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """RMS normalization ``x / sqrt(mean(x**2) + eps) * weight`` (``F.rms_norm``).
+
+    ``eps=None`` uses the machine epsilon of the input's dtype, as torch does.
+
+    >>> import numpy as np, normcore.functional as F
+    >>> y, _ = F.rms_norm(np.array([[3.0, 4.0]]), 2, eps=0.0)
+    >>> np.round(y, 6).tolist()
+    [[0.848528, 1.131371]]
+    """
+    return _row_norm("rms_norm", input, normalized_shape, weight, None, eps, False, backend)
+
+
+def group_norm(
+    input: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
+    eps: float = 1e-5, *, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Group normalization over (N, C, *): C channels split into ``num_groups`` (``F.group_norm``).
+
+    >>> import numpy as np, normcore.functional as F
+    >>> y, _ = F.group_norm(np.array([[[1.0], [3.0]]]), 1, eps=0.0)
+    >>> y.ravel().tolist()
+    [-1.0, 1.0]
+    """
+    groups = check_positive_int(num_groups, "num_groups")
+    eps = check_eps(eps)
+    be, x = _prepare(input, backend)
+    if x.ndim < 2:
+        raise ShapeError(f"group_norm expects input of shape (N, C, *), got {x.ndim}D input of "
+                         f"shape {tuple(x.shape)}")
+    n_, c = x.shape[0], x.shape[1]
+    if c % groups:
+        raise ShapeError(f"Expected number of channels in input to be divisible by num_groups, "
+                         f"but got input of shape {tuple(x.shape)} and num_groups={groups}")
+    weight = vector(weight, be, c, "weight", x)
+    bias = vector(bias, be, c, "bias", x)
+    w2 = _reshape_param(be, weight, (groups, c // groups))
+    saved = Saved("group_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
+                  weight_shape=None if weight is None else (c,), has_bias=bias is not None,
+                  extra={"center": True})
+    if x.size == 0:
+        return _empty_like(be, x), saved
+    x4 = x.reshape(n_, groups, c // groups, numel(tuple(x.shape[2:])))
+    y, mean, var = _call(be, "group_normalize", x4, w2,
+                         _reshape_param(be, bias, (groups, c // groups)), eps, True)
+    saved.x, saved.mean, saved.var = x4, mean, var
+    return y.reshape(x.shape), saved
+
+
+# ---------------------------------------------------------------------- shared backward
+def _check_grad(grad_output: Array, saved: Saved, op: str | tuple[str, ...]) -> Array:
+    if not isinstance(saved, Saved):
+        raise TypeError(f"saved must be the Saved object a forward returned, got "
+                        f"{type(saved).__name__}")
+    ops = (op,) if isinstance(op, str) else op
+    if saved.op not in ops:
+        raise ValueError(f"this backward is for {' / '.join(ops)}, but saved comes from "
+                         f"{saved.op}")
+    dy = as_input(grad_output, saved.backend, "grad_output")
+    if tuple(dy.shape) != saved.input_shape:
+        raise ShapeError(f"grad_output must have the forward input's shape {saved.input_shape}, "
+                         f"got {tuple(dy.shape)}")
+    if np.dtype(dy.dtype) != saved.dtype:
+        raise DTypeError(f"grad_output dtype {np.dtype(dy.dtype)} does not match the forward "
+                         f"input dtype {saved.dtype}")
+    return dy
+
+
+def _norm_backward(grad_output: Array, saved: Saved, op: str) -> tuple[Array, Array, Array]:
+    dy = _check_grad(grad_output, saved, op)
+    be = saved.backend
+    wdtype = saved.dtype
+    if saved.x is None:  # empty input
+        zeros = _zeros(be, saved.weight_shape, wdtype)
+        bias_grad = _zeros(be, saved.weight_shape, wdtype) if saved.has_bias else None
+        return _empty_like(be, dy), zeros, bias_grad
+    dy_view = dy.reshape(saved.x.shape)
+    if saved.x.ndim == 3:
+        dx, dw, db = _call(be, "channel_normalize_backward", dy_view, saved.x, saved.mean,
+                           saved.var, saved.eps, saved.weight, saved.extra["batch_stats"])
+    else:
+        dx, dw, db = _call(be, "group_normalize_backward", dy_view, saved.x, saved.mean,
+                           saved.var, saved.eps, saved.weight, saved.extra.get("center", True))
+    dweight = None if saved.weight_shape is None else dw.reshape(saved.weight_shape)
+    dbias = db.reshape(saved.weight_shape) if saved.has_bias else None
+    return dx.reshape(saved.input_shape), dweight, dbias
+
+
+def batch_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, Array]:
+    """Gradients of :func:`batch_norm`: ``(grad_input, grad_weight, grad_bias)``."""
+    return _norm_backward(grad_output, saved, "batch_norm")
+
+
+def instance_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, Array]:
+    """Gradients of :func:`instance_norm`: ``(grad_input, grad_weight, grad_bias)``."""
+    return _norm_backward(grad_output, saved, "instance_norm")
+
+
+def layer_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, Array]:
+    """Gradients of :func:`layer_norm`: ``(grad_input, grad_weight, grad_bias)``."""
+    return _norm_backward(grad_output, saved, "layer_norm")
+
+
+def group_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, Array]:
+    """Gradients of :func:`group_norm`: ``(grad_input, grad_weight, grad_bias)``."""
+    return _norm_backward(grad_output, saved, "group_norm")
+
+
+def rms_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, None]:
+    """Gradients of :func:`rms_norm`: ``(grad_input, grad_weight, None)``."""
+    return _norm_backward(grad_output, saved, "rms_norm")
+
+
+# ---------------------------------------------------------------------- weight standardization
+def weight_standardization(
+    weight: Array, eps: float = 1e-5, *, unbiased: bool = False, eps_in_root: bool = True,
+    backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Standardize a conv weight (out, in, *kernel) per output filter (the GN+WS recipe).
+
+    Default: ``(w - mean) / sqrt(var + eps)`` with the biased variance over each filter's
+    in*prod(kernel) values (as timm's ``StdConv2d``, i.e. layer norm without affine over a filter).
+    ``unbiased=True, eps_in_root=False`` gives the original WS paper's code,
+    ``(w - mean) / (std_unbiased + eps)``.
+
+    >>> import numpy as np, normcore.functional as F
+    >>> w_hat, _ = F.weight_standardization(np.array([[[[1.0, 3.0]]]]), eps=0.0)
+    >>> w_hat.ravel().tolist()
+    [-1.0, 1.0]
+    """
+    eps = check_eps(eps)
+    be, w = _prepare(weight, backend)
+    if w.ndim < 2:
+        raise ShapeError(f"weight_standardization expects a weight of shape (out, in, *kernel), "
+                         f"got {w.ndim}D of shape {tuple(w.shape)}")
+    ddof = 1 if unbiased else 0
+    rows = w.shape[0]
+    cols = numel(tuple(w.shape[1:]))
+    if cols - ddof <= 0 and w.size:
+        raise ValueError(f"the unbiased std needs at least 2 values per filter, got {cols}")
+    saved = Saved("weight_standardization", be, tuple(w.shape), np.dtype(w.dtype), eps=eps,
+                  extra={"ddof": ddof, "eps_in_root": bool(eps_in_root)})
+    if w.size == 0:
+        return _empty_like(be, w), saved
+    w2 = w.reshape(rows, cols)
+    y, mean, denom = _call(be, "standardize_rows", w2, eps, ddof, bool(eps_in_root))
+    saved.x, saved.mean, saved.var = w2, mean, denom
+    return y.reshape(w.shape), saved
+
+
+def weight_standardization_backward(grad_output: Array, saved: Saved) -> Array:
+    """Gradient of :func:`weight_standardization` with respect to the raw weight."""
+    dy = _check_grad(grad_output, saved, "weight_standardization")
+    if saved.x is None:
+        return _empty_like(saved.backend, dy)
+    dx = _call(saved.backend, "standardize_rows_backward", dy.reshape(saved.x.shape), saved.x,
+               saved.mean, saved.var, saved.eps, saved.extra["ddof"], saved.extra["eps_in_root"])
+    return dx.reshape(saved.input_shape)
+
+
+# ---------------------------------------------------------------------- dropout
+def check_dropout_p(p: float) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
+    return float(p)
+
+
+def dropout(
+    input: Array, p: float = 0.5, training: bool = True, *, seed: int | None = None,
+    rng: np.random.Generator | None = None, backend: str | Backend | None = None,
+) -> tuple[Array, Saved]:
+    """Inverted dropout (``F.dropout``): zero each element with probability p, scale the rest by
+    1/(1-p). Identity when not training. The mask comes from ``seed`` (or a seed drawn from
+    ``rng``, or from fresh entropy) and is the same on every backend.
+
+    >>> import numpy as np, normcore.functional as F
+    >>> y, _ = F.dropout(np.ones(6, np.float32), 0.5, seed=0)
+    >>> sorted(set(y.tolist())) == [0.0, 2.0] or set(y.tolist()) <= {0.0, 2.0}
+    True
+    """
+    p = check_dropout_p(p)
+    be, x = _prepare(input, backend)
+    if seed is None:
+        seed = int((rng if rng is not None else np.random.default_rng()).integers(0, 2**63))
+    elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    active = bool(training) and p > 0.0 and x.size > 0
+    saved = Saved("dropout", be, tuple(x.shape), np.dtype(x.dtype),
+                  extra={"p": p, "seed": int(seed) % 2**63, "active": active})
+    if not active:
+        return x, saved
+    return _call(be, "dropout", x, p, int(seed) % 2**63), saved
+
+
+def dropout_backward(grad_output: Array, saved: Saved) -> Array:
+    """Gradient of :func:`dropout`: the same mask and scale applied to ``grad_output``."""
+    dy = _check_grad(grad_output, saved, "dropout")
+    if not saved.extra["active"]:
+        return dy
+    return _call(saved.backend, "dropout", dy, saved.extra["p"], saved.extra["seed"])

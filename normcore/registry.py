@@ -1,0 +1,342 @@
+"""Backend discovery and selection.
+
+Backends are found through two entry-point groups:
+
+* ``normcore.backends``: ``name = "package.module:Factory"``, the backend itself, loaded on first use;
+* ``normcore.backend_info`` (optional): ``name = "package:INFO"``, a dict of light metadata
+  (``device``, ``priority``, ``description``) read without importing the backend module, so that
+  listing and automatic selection stay cheap.
+
+Selection, highest first: the ``backend=`` argument, :func:`use_backend` (a context variable, so
+threads and asyncio tasks do not leak into each other), the ``NORMCORE_BACKEND`` environment
+variable, then automatic selection: available ``cpu`` backends by priority (highest first, or the
+order in ``NORMCORE_BACKEND_PRIORITY``). A backend that fails to import, raises in its constructor,
+speaks another ``api_version`` or is unavailable never breaks ``import normcore``: it is reported
+with its error by :func:`list_backends`, skipped with a warning by automatic selection, and raises
+(chaining the original error) when named explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import difflib
+import importlib.metadata as metadata
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backend import API_VERSION, KERNELS, Backend
+
+logger = logging.getLogger("normcore")
+
+GROUP = "normcore.backends"
+INFO_GROUP = "normcore.backend_info"
+REFERENCE = "numpy"
+
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("normcore_backend", default=None)
+_lock = threading.Lock()
+_loaded: dict[str, Backend] = {}
+_errors: dict[str, BaseException] = {}
+_discovered: dict[str, BackendEntry] | None = None
+
+
+class BackendError(RuntimeError):
+    """A backend could not be found, loaded or used."""
+
+
+@dataclass
+class BackendEntry:
+    """What the registry knows of one backend before (and after) loading it."""
+
+    name: str
+    value: str
+    distribution: str = ""
+    dist_version: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    entry_point: Any = None
+
+    @property
+    def device(self) -> str:
+        return str(self.info.get("device", "cpu"))
+
+    @property
+    def priority(self) -> int:
+        return int(self.info.get("priority", 0))
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """One row of :func:`list_backends`."""
+
+    name: str
+    version: str
+    distribution: str
+    device: str
+    status: str  # "available", "unavailable" or "broken"
+    reason: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.status == "available"
+
+
+# ---------------------------------------------------------------------- environment helpers
+def env_flag(name: str, default: bool = False) -> bool:
+    """Parse a boolean environment variable strictly: 1/true/yes/on and 0/false/no/off/''."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    warnings.warn(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no); using {default}",
+                  stacklevel=2)
+    return default
+
+
+# ---------------------------------------------------------------------- discovery
+def _entry_points() -> dict[str, BackendEntry]:
+    global _discovered
+    if _discovered is not None:
+        return _discovered
+    with _lock:
+        if _discovered is not None:
+            return _discovered
+        found: dict[str, BackendEntry] = {}
+        for ep in metadata.entry_points(group=GROUP):
+            dist = getattr(ep, "dist", None)
+            found[ep.name] = BackendEntry(
+                name=ep.name,
+                value=ep.value,
+                distribution=dist.metadata["Name"] if dist is not None else "",
+                dist_version=dist.version if dist is not None else "",
+                entry_point=ep,
+            )
+        for ep in metadata.entry_points(group=INFO_GROUP):
+            if ep.name not in found:
+                continue
+            try:
+                info = ep.load()
+                found[ep.name].info = dict(info) if isinstance(info, dict) else {}
+            except Exception as exc:  # a broken info module only loses metadata
+                logger.warning("backend %r: could not read %s metadata: %s", ep.name, INFO_GROUP, exc)
+        _discovered = found
+        return found
+
+
+def refresh() -> None:
+    """Forget discovered and loaded backends (after installing a plugin in a running process)."""
+    global _discovered
+    with _lock:
+        _discovered = None
+        _loaded.clear()
+        _errors.clear()
+
+
+def register(name: str, factory: Any, *, device: str = "cpu", priority: int = 0) -> None:
+    """Register a backend in this process without packaging it (handy in notebooks and tests).
+
+    ``factory`` is a Backend subclass or instance. Packaged plugins use entry points instead.
+    """
+    entries = _entry_points()
+    with _lock:
+        entries[name] = BackendEntry(name=name, value=repr(factory),
+                                     info={"device": device, "priority": priority})
+        entries[name].entry_point = factory
+        _loaded.pop(name, None)
+        _errors.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    """Names of every discovered backend (nothing is imported)."""
+    return sorted(_entry_points())
+
+
+def _load(name: str) -> Backend:
+    """Import and construct a backend; raise BackendError chaining the original error."""
+    if name in _loaded:
+        return _loaded[name]
+    if name in _errors:
+        raise BackendError(f"backend {name!r} is broken: {_errors[name]}") from _errors[name]
+    entries = _entry_points()
+    if name not in entries:
+        raise BackendError(_unknown_message(name, list(entries)))
+    entry = entries[name]
+    try:
+        target = entry.entry_point
+        factory = target.load() if hasattr(target, "load") and hasattr(target, "group") else target
+        backend = factory() if callable(factory) and not isinstance(factory, Backend) else factory
+        if not isinstance(backend, Backend):
+            raise TypeError(f"entry point {entry.value!r} gave {type(backend).__name__}, "
+                            "expected a normcore.backend.Backend")
+        version = getattr(backend, "api_version", None)
+        if version != API_VERSION:
+            raise BackendError(f"backend {name!r} implements normcore backend api_version "
+                               f"{version!r}, but this normcore supports api_version {API_VERSION}")
+        unknown = set(backend.kernels) - set(KERNELS)
+        if unknown:
+            raise TypeError(f"backend {name!r} declares unknown kernels {sorted(unknown)}")
+    except Exception as exc:
+        with _lock:
+            _errors[name] = exc
+        raise BackendError(f"backend {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    with _lock:
+        _loaded[name] = backend
+    return backend
+
+
+def _unknown_message(name: str, installed: list[str]) -> str:
+    close = difflib.get_close_matches(name, installed, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown normcore backend {name!r}; installed backends: "
+            f"{', '.join(sorted(installed)) or 'none'}.{hint}")
+
+
+def get_backend(name: str) -> Backend:
+    """The loaded backend called ``name``; raises BackendError if unknown, broken or unavailable."""
+    backend = _load(name)
+    availability = backend.is_available()
+    if not availability:
+        raise BackendError(f"backend {name!r} is not available: {availability.reason}")
+    return backend
+
+
+def list_backends() -> list[BackendStatus]:
+    """Every discovered backend with its version and status; loads each one to ask."""
+    rows = []
+    for name, entry in sorted(_entry_points().items()):
+        try:
+            backend = _load(name)
+        except BackendError as exc:
+            cause = exc.__cause__ or exc
+            rows.append(BackendStatus(name, entry.dist_version, entry.distribution, entry.device,
+                                      "broken", f"{type(cause).__name__}: {cause}"))
+            continue
+        availability = backend.is_available()
+        rows.append(BackendStatus(
+            name, backend.version() or entry.dist_version, entry.distribution, backend.device,
+            "available" if availability else "unavailable", availability.reason))
+    return rows
+
+
+# ---------------------------------------------------------------------- selection
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Use backend ``name`` for layers built and functional calls made inside the block.
+
+    >>> import normcore
+    >>> with normcore.use_backend("numpy"):
+    ...     layer = normcore.LayerNorm(4)
+    >>> layer.backend.name
+    'numpy'
+    """
+    backend = get_backend(name)
+    token = _context.set(name)
+    try:
+        yield backend
+    finally:
+        _context.reset(token)
+
+
+def _priority_order() -> list[BackendEntry]:
+    entries = _entry_points()
+    cpu = sorted((e for e in entries.values() if e.device == "cpu"),
+                 key=lambda e: (-e.priority, e.name))
+    raw = os.environ.get("NORMCORE_BACKEND_PRIORITY", "").strip()
+    if not raw:
+        return cpu
+    wanted = [n.strip() for n in raw.split(",") if n.strip()]
+    for n in wanted:
+        if n not in entries:
+            warnings.warn(f"NORMCORE_BACKEND_PRIORITY names {_unknown_message(n, list(entries))}",
+                          stacklevel=3)
+    named = [entries[n] for n in wanted if n in entries]
+    return named + [e for e in cpu if e.name not in wanted]
+
+
+def default_backend() -> tuple[Backend, str]:
+    """The automatically selected backend and why it was chosen."""
+    skipped = []
+    for entry in _priority_order():
+        try:
+            backend = get_backend(entry.name)
+        except BackendError as exc:
+            skipped.append(f"{entry.name} ({exc})")
+            warnings.warn(f"normcore: skipping backend {entry.name!r}: {exc}", stacklevel=3)
+            continue
+        why = ("first available in NORMCORE_BACKEND_PRIORITY"
+               if os.environ.get("NORMCORE_BACKEND_PRIORITY", "").strip()
+               else f"highest-priority available CPU backend (priority {entry.priority})")
+        if skipped:
+            why += "; skipped " + "; ".join(skipped)
+        return backend, why
+    raise BackendError("no normcore backend is available: " + "; ".join(skipped))
+
+
+def resolve(backend: str | Backend | None = None) -> tuple[Backend, str]:
+    """The backend a call will use and the reason (argument > context > environment > default)."""
+    if isinstance(backend, Backend):
+        return backend, "argument"
+    if backend is not None:
+        return get_backend(backend), "argument"
+    ctx = _context.get()
+    if ctx is not None:
+        return get_backend(ctx), "use_backend() context"
+    env = os.environ.get("NORMCORE_BACKEND", "").strip()
+    if env:
+        if env in _entry_points():
+            return get_backend(env), "NORMCORE_BACKEND environment variable"
+        warnings.warn(f"NORMCORE_BACKEND: {_unknown_message(env, list(_entry_points()))}; "
+                      "using automatic selection", stacklevel=3)
+    return default_backend()
+
+
+def select(backend: str | Backend | None = None) -> Backend:
+    """Resolve and log the backend for one layer or call."""
+    chosen, why = resolve(backend)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("backend %r selected (%s)", chosen.name, why)
+    return chosen
+
+
+def kernel(backend: Backend, name: str) -> Any:
+    """The bound kernel ``name`` of ``backend``, or the reference's when the backend lacks it and
+    fallback is enabled (``NORMCORE_FALLBACK=1``); raise otherwise."""
+    if name in backend.kernels:
+        return getattr(backend, name)
+    if env_flag("NORMCORE_FALLBACK"):
+        logger.info("backend %r does not implement %s; falling back to %r",
+                    backend.name, name, REFERENCE)
+        reference = get_backend(REFERENCE)
+        return _FallbackKernel(getattr(reference, name), backend, reference)
+    raise BackendError(f"backend {backend.name!r} does not implement kernel {name!r}; set "
+                       f"NORMCORE_FALLBACK=1 to run it on the {REFERENCE!r} reference backend")
+
+
+class _FallbackKernel:
+    """Runs a reference kernel on arrays of another backend: moves inputs to NumPy and back."""
+
+    def __init__(self, fn: Any, backend: Backend, reference: Backend) -> None:
+        self.fn, self.backend, self.reference = fn, backend, reference
+
+    def _in(self, a: Any) -> Any:
+        return self.backend.to_numpy(a) if _is_array(a) else a
+
+    def _out(self, a: Any) -> Any:
+        if isinstance(a, tuple):
+            return tuple(self._out(v) for v in a)
+        return self.backend.asarray(a) if _is_array(a) else a
+
+    def __call__(self, *args: Any) -> Any:
+        return self._out(self.fn(*(self._in(a) for a in args)))
+
+
+def _is_array(a: Any) -> bool:
+    return hasattr(a, "shape") and hasattr(a, "dtype")
