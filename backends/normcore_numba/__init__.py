@@ -1,0 +1,13 @@
+"""normcore's Numba CPU backend: parallel (prange) kernels with float64 accumulation.
+
+Importing this package is light (it does not import numba); the backend class lives in
+``normcore_numba.backend`` and the compiled kernels in the private ``_*.py`` modules, which are
+imported on the first kernel call and compiled per kernel on first use (cached on disk).
+"""
+
+#: Metadata read by normcore's registry without importing the backend module.
+INFO = {
+    "device": "cpu",
+    "priority": 20,
+    "description": "Numba parallel CPU kernels (prange, float64 accumulation, on-disk cache)",
+}

@@ -1,0 +1,181 @@
+"""Channel-view kernels (BatchNorm): x3 of shape (N, C, L), statistics per channel over (N, L).
+
+Bandwidth accounting per element (s = itemsize, 4 for float32), the floor being a copy (2s):
+
+* moments:            read x                    -> s      (one pass, shifted float64 sums)
+* normalize:          read x, write y           -> 2s     (one fused multiply-add per element)
+* training forward:   moments + normalize       -> 3s     (1.5x a copy)
+* backward reduce:    read x, dy                -> 2s
+* backward apply:     read x, dy, write dx      -> 3s     (5s in total for the backward)
+
+Per-channel sums are never parallelized over C alone (C can be 3 or 64 with huge N*L): the work
+is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) rows for the
+channels-last layout, units are split into one fixed contiguous block per thread, each block
+writes its own row of a (blocks, C) float64 partial array (no shared writes inside prange), and
+the partials are merged in block order afterwards (deterministic for a fixed thread count).
+
+Variance uses sums shifted by one sample of each channel (x[0, c, 0]): a one-pass, vectorizable
+scheme (no per-element Welford) with no cancellation when |mean| >> std.
+
+Channels-last (strides (L*C, 1, C), i.e. an NHWC tensor seen as NCHW) is handed over as the
+transposed (N, L, C) view so C is innermost: each (n, l) row is a contiguous vector of channels
+and the per-channel accumulators/scales are plain vectors (vectorizes without reductions).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._common import KERNEL, dot2_centered, sums_shifted
+
+
+# ---------------------------------------------------------------- (N, C, L) layout
+@njit(**KERNEL)
+def moments_ncl(x, k, nblk, nchunk):
+    n_, c_, l_ = x.shape
+    units = n_ * c_ * nchunk
+    p1 = np.zeros((nblk, c_))
+    p2 = np.zeros((nblk, c_))
+    for b in prange(nblk):
+        for u in range(b * units // nblk, (b + 1) * units // nblk):
+            row = u // nchunk
+            ch = u - row * nchunk
+            n = row // c_
+            c = row - n * c_
+            l0 = ch * l_ // nchunk
+            l1 = (ch + 1) * l_ // nchunk
+            s1, s2 = sums_shifted(x[n, c, l0:l1], k[c])
+            p1[b, c] += s1
+            p2[b, c] += s2
+    return p1, p2
+
+
+@njit(**KERNEL)
+def affine_ncl(x, scale, shift, y, nchunk):
+    n_, c_, l_ = x.shape
+    units = n_ * c_ * nchunk
+    for u in prange(units):
+        row = u // nchunk
+        ch = u - row * nchunk
+        n = row // c_
+        c = row - n * c_
+        l0 = ch * l_ // nchunk
+        l1 = (ch + 1) * l_ // nchunk
+        a = scale[c]
+        s = shift[c]
+        xr = x[n, c]
+        yr = y[n, c]
+        for i in range(l0, l1):
+            yr[i] = numba.float64(xr[i]) * a + s
+
+
+@njit(**KERNEL)
+def bwd_reduce_ncl(dy, x, mu, nblk, nchunk):
+    n_, c_, l_ = x.shape
+    units = n_ * c_ * nchunk
+    pb = np.zeros((nblk, c_))
+    pw = np.zeros((nblk, c_))
+    for b in prange(nblk):
+        for u in range(b * units // nblk, (b + 1) * units // nblk):
+            row = u // nchunk
+            ch = u - row * nchunk
+            n = row // c_
+            c = row - n * c_
+            l0 = ch * l_ // nchunk
+            l1 = (ch + 1) * l_ // nchunk
+            s1, s2 = dot2_centered(dy[n, c, l0:l1], x[n, c, l0:l1], mu[c])
+            pb[b, c] += s1
+            pw[b, c] += s2
+    return pb, pw
+
+
+@njit(**KERNEL)
+def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk):
+    """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c]."""
+    n_, c_, l_ = x.shape
+    units = n_ * c_ * nchunk
+    for u in prange(units):
+        row = u // nchunk
+        ch = u - row * nchunk
+        n = row // c_
+        c = row - n * c_
+        l0 = ch * l_ // nchunk
+        l1 = (ch + 1) * l_ // nchunk
+        aa = a[c]
+        kk2 = k2[c]
+        kk3 = k3[c]
+        m = mu[c]
+        xr = x[n, c]
+        dyr = dy[n, c]
+        dxr = dx[n, c]
+        for i in range(l0, l1):
+            dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
+
+
+# ---------------------------------------------------------------- channels-last: (N, L, C) view
+@njit(**KERNEL)
+def moments_nlc(x, k, nblk):
+    n_, l_, c_ = x.shape
+    rows = n_ * l_
+    p1 = np.zeros((nblk, c_))
+    p2 = np.zeros((nblk, c_))
+    for b in prange(nblk):
+        a1 = np.zeros(c_)
+        a2 = np.zeros(c_)
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            n = r // l_
+            xr = x[n, r - n * l_]
+            for c in range(c_):
+                t = numba.float64(xr[c]) - k[c]
+                a1[c] += t
+                a2[c] += t * t
+        p1[b, :] = a1
+        p2[b, :] = a2
+    return p1, p2
+
+
+@njit(**KERNEL)
+def affine_nlc(x, scale, shift, y):
+    n_, l_, c_ = x.shape
+    for r in prange(n_ * l_):
+        n = r // l_
+        xr = x[n, r - n * l_]
+        yr = y[n, r - n * l_]
+        for c in range(c_):
+            yr[c] = numba.float64(xr[c]) * scale[c] + shift[c]
+
+
+@njit(**KERNEL)
+def bwd_reduce_nlc(dy, x, mu, nblk):
+    n_, l_, c_ = x.shape
+    rows = n_ * l_
+    pb = np.zeros((nblk, c_))
+    pw = np.zeros((nblk, c_))
+    for b in prange(nblk):
+        a1 = np.zeros(c_)
+        a2 = np.zeros(c_)
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            n = r // l_
+            xr = x[n, r - n * l_]
+            dyr = dy[n, r - n * l_]
+            for c in range(c_):
+                t = numba.float64(dyr[c])
+                a1[c] += t
+                a2[c] += t * (numba.float64(xr[c]) - mu[c])
+        pb[b, :] = a1
+        pw[b, :] = a2
+    return pb, pw
+
+
+@njit(**KERNEL)
+def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx):
+    n_, l_, c_ = x.shape
+    for r in prange(n_ * l_):
+        n = r // l_
+        xr = x[n, r - n * l_]
+        dyr = dy[n, r - n * l_]
+        dxr = dx[n, r - n * l_]
+        for c in range(c_):
+            dxr[c] = a[c] * numba.float64(dyr[c]) - k2[c] * (numba.float64(xr[c]) - mu[c]) - k3[c]

@@ -1,0 +1,45 @@
+"""Dropout kernel: counter-based keep mask from the SplitMix64 hash of the flat C-order index.
+
+Bandwidth accounting per element (s = itemsize): read x, write y -> 2s, like a copy; the hash
+(two 64-bit multiplies) is computed, never stored, so no mask array is read or written. All
+arithmetic is uint64 (constants typed np.uint64 so numba never promotes to float), matching
+``normcore.backend.splitmix64`` bit for bit. Elements are independent: ``prange`` over blocks.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._common import HELPER, KERNEL
+
+_C0 = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S40 = np.uint64(40)
+
+
+@njit(**HELPER)
+def splitmix64(z):
+    z = z + _C0
+    z = (z ^ (z >> _S30)) * _C1
+    z = (z ^ (z >> _S27)) * _C2
+    return z ^ (z >> _S31)
+
+
+@njit(**KERNEL)
+def dropout_flat(x, seed, thr, scale, y):
+    """y[i] = x[i] * scale if keep(i) else 0, for 1-D C-order x and y."""
+    n = x.shape[0]
+    nblk = (n + 4095) // 4096
+    for b in prange(nblk):
+        for i in range(b * 4096, min(n, (b + 1) * 4096)):
+            h = splitmix64(seed ^ splitmix64(numba.uint64(i)))
+            if (h >> _S40) >= thr:
+                y[i] = numba.float64(x[i]) * scale
+            else:
+                y[i] = 0.0

@@ -1,0 +1,173 @@
+"""Group-view kernels (LayerNorm, GroupNorm, InstanceNorm, RMSNorm): x4 of shape (N, G, D, L),
+statistics per (n, g) "row" over (D, L), affine weight/bias of shape (G, D).
+
+Bandwidth accounting per element (s = itemsize), the floor being a copy (2s):
+
+* forward:   read x (stats), read x again (normalize), write y  -> 3s in DRAM terms only when a
+             row does not fit in cache; a row (e.g. 1024..4096 floats) is re-read from L1/L2, so
+             DRAM traffic is 2s, the same as a copy.
+* backward:  read x, dy (row sums), read them again from cache, write dx -> 3s in DRAM terms.
+             dweight/dbias (sums over (n, l)) are accumulated while the row is in cache.
+
+Rows are split into one fixed contiguous block per thread (``prange`` over blocks): the
+partition only depends on the thread count, so results are deterministic. dweight/dbias of
+LayerNorm is a column reduction over all rows: every block accumulates into its own (G, D)
+float64 partial array (no shared writes inside prange) and the (blocks, G, D) partials are summed
+in block order afterwards.
+
+Two loop nests: ``*3`` for L == 1 (LayerNorm, RMSNorm: view (N, G, D), D innermost so the
+weight vector streams along with x) and ``*4`` for L > 1 (GroupNorm/InstanceNorm, L innermost
+with a per-d scalar scale). The output pass folds mean, rstd, weight and bias into one scale and
+shift per (row, d) so it is one multiply-add stream computed in float64 and rounded once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ._common import KERNEL, dot2_centered, sums_shifted, wdot2_centered
+
+
+@njit(**KERNEL)
+def fwd3(x, w, b, eps, center, y, nblk):
+    n_, g_, d_ = x.shape
+    rows = n_ * g_
+    mean = np.empty((n_, g_))
+    var = np.empty((n_, g_))
+    for blk in prange(nblk):
+        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+            n = r // g_
+            g = r - n * g_
+            xr = x[n, g]
+            if center:
+                k = numba.float64(xr[0])
+                s1, s2 = sums_shifted(xr, k)
+                m1 = s1 / d_
+                mu = k + m1
+                v = max(s2 / d_ - m1 * m1, 0.0)
+            else:
+                _, s2 = sums_shifted(xr, 0.0)
+                mu = 0.0
+                v = s2 / d_
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd = 1.0 / math.sqrt(v + eps)
+            yr = y[n, g]
+            wr = w[g]
+            br = b[g]
+            for i in range(d_):
+                yr[i] = ((numba.float64(xr[i]) - mu) * rstd) * wr[i] + br[i]
+    return mean, var
+
+
+@njit(**KERNEL)
+def fwd4(x, w, b, eps, center, y, nblk):
+    n_, g_, d_, l_ = x.shape
+    rows = n_ * g_
+    m_ = d_ * l_
+    mean = np.empty((n_, g_))
+    var = np.empty((n_, g_))
+    for blk in prange(nblk):
+        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+            n = r // g_
+            g = r - n * g_
+            xr = x[n, g]
+            if center:
+                k = numba.float64(xr[0, 0])
+            else:
+                k = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for d in range(d_):
+                a1, a2 = sums_shifted(xr[d], k)
+                s1 += a1
+                s2 += a2
+            if center:
+                m1 = s1 / m_
+                mu = k + m1
+                v = max(s2 / m_ - m1 * m1, 0.0)
+            else:
+                mu = 0.0
+                v = s2 / m_
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd = 1.0 / math.sqrt(v + eps)
+            for d in range(d_):
+                sc = rstd * w[g, d]
+                sh = b[g, d] - mu * sc
+                xrd = xr[d]
+                yrd = y[n, g, d]
+                for i in range(l_):
+                    yrd[i] = numba.float64(xrd[i]) * sc + sh
+    return mean, var
+
+
+@njit(**KERNEL)
+def bwd3(dy, x, mean, var, eps, w, center, dx, nblk):
+    n_, g_, d_ = x.shape
+    rows = n_ * g_
+    pw = np.zeros((nblk, g_, d_))
+    pb = np.zeros((nblk, g_, d_))
+    for blk in prange(nblk):
+        aw = np.zeros((g_, d_))
+        ab = np.zeros((g_, d_))
+        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+            n = r // g_
+            g = r - n * g_
+            mu = numba.float64(mean[n, g])
+            rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
+            xr = x[n, g]
+            dyr = dy[n, g]
+            wr = w[g]
+            sg, sgx = wdot2_centered(dyr, xr, wr, mu)
+            k2 = rstd * rstd * rstd * sgx / d_
+            k3 = rstd * sg / d_ if center else 0.0
+            awr = aw[g]
+            abr = ab[g]
+            dxr = dx[n, g]
+            for i in range(d_):
+                t = numba.float64(dyr[i])
+                c = numba.float64(xr[i]) - mu
+                abr[i] += t
+                awr[i] += t * (c * rstd)
+                dxr[i] = (rstd * wr[i]) * t - k2 * c - k3
+        pw[blk] = aw
+        pb[blk] = ab
+    return pw, pb
+
+
+@njit(**KERNEL)
+def bwd4(dy, x, mean, var, eps, w, center, dx, nblk):
+    n_, g_, d_, l_ = x.shape
+    rows = n_ * g_
+    m_ = d_ * l_
+    pw = np.zeros((nblk, g_, d_))
+    pb = np.zeros((nblk, g_, d_))
+    for blk in prange(nblk):
+        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+            n = r // g_
+            g = r - n * g_
+            mu = numba.float64(mean[n, g])
+            rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
+            sg = 0.0
+            sgx = 0.0
+            for d in range(d_):
+                a1, a2 = dot2_centered(dy[n, g, d], x[n, g, d], mu)
+                pb[blk, g, d] += a1
+                pw[blk, g, d] += a2 * rstd
+                sg += w[g, d] * a1
+                sgx += w[g, d] * a2
+            k2 = rstd * rstd * rstd * sgx / m_
+            k3 = rstd * sg / m_ if center else 0.0
+            for d in range(d_):
+                a = rstd * w[g, d]
+                xrd = x[n, g, d]
+                dyrd = dy[n, g, d]
+                dxrd = dx[n, g, d]
+                for i in range(l_):
+                    dxrd[i] = a * numba.float64(dyrd[i]) - k2 * (numba.float64(xrd[i]) - mu) - k3
+    return pw, pb

@@ -1,0 +1,280 @@
+"""The Numba CPU backend: parallel ``prange`` kernels compiled on first use and cached on disk.
+
+This module imports without numba (``is_available`` then says why it cannot run); the kernel
+modules, which import numba, are loaded on the first kernel call, and each kernel compiles only
+when it is first called (one specialization per dtype and array layout), so using LayerNorm never
+compiles the BatchNorm kernels. float16 input is widened to float32 at the boundary and the
+result rounded back; all reductions accumulate in float64 and all element-wise math is done in
+float64 and rounded once (as the reference does), so float32 results match it to rounding.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from normcore.backend import Availability, Backend, dropout_scale, dropout_threshold
+
+_F64 = np.float64
+_MASK64 = (1 << 64) - 1
+
+
+def _kernels(name: str):
+    """Import a kernel module on first use (it imports numba; compiling happens per kernel)."""
+    return importlib.import_module(f"normcore_numba.{name}")
+
+
+def _num_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _blocks(units: int) -> int:
+    return max(1, min(int(units), _num_threads()))
+
+
+def _nchunk(rows: int, length: int) -> int:
+    """How many pieces each row of ``length`` elements is cut into so there are enough units of
+    work for every thread (BatchNorm with tiny N*C and huge L)."""
+    want = 4 * _num_threads()
+    if rows >= want or length < 2:
+        return 1
+    return int(min(length, -(-want // rows)))
+
+
+def _widen(x: np.ndarray) -> np.ndarray:
+    """float16 is computed in float32; other supported dtypes go in as they are."""
+    x = np.asarray(x)
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    return x
+
+
+def _stat_dtype(dtype: np.dtype) -> type:
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def _f64(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=_F64)
+
+
+def _channels_last(x3: np.ndarray) -> bool:
+    """True when C varies fastest (e.g. an NHWC tensor viewed as (N, C, H*W))."""
+    _, c, l_ = x3.shape
+    return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
+
+
+class NumbaBackend(Backend):
+    """Parallel Numba CPU kernels (see :mod:`normcore.backend` for the contract)."""
+
+    name = "numba"
+    device = "cpu"
+
+    # -------------------------------------------------------------- housekeeping
+    def is_available(self) -> Availability:
+        try:
+            import numba  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken llvmlite install
+            return Availability(False, f"numba cannot be imported: {exc}")
+        return Availability(True)
+
+    def version(self) -> str:
+        try:
+            import numba
+        except Exception:
+            return ""
+        return str(numba.__version__)
+
+    def asarray(self, obj: Any, dtype: Any = None) -> np.ndarray:
+        return np.asarray(obj, dtype=dtype)
+
+    def to_numpy(self, arr: Any) -> np.ndarray:
+        return np.asarray(arr)
+
+    # -------------------------------------------------------------- channel view (N, C, L)
+    def channel_moments(self, x3):
+        k = _kernels("_channel")
+        orig = np.asarray(x3).dtype
+        x = _widen(x3)
+        n, c, l_ = x.shape
+        m = n * l_
+        if _channels_last(x):
+            xt = x.transpose(0, 2, 1)
+            shift = _f64(xt[0, 0, :])
+            p1, p2 = k.moments_nlc(xt, shift, _blocks(n * l_))
+        else:
+            shift = _f64(x[0, :, 0])
+            nch = _nchunk(n * c, l_)
+            p1, p2 = k.moments_ncl(x, shift, _blocks(n * c * nch), nch)
+        m1 = p1.sum(axis=0) / m
+        mean = shift + m1
+        var = np.maximum(p2.sum(axis=0) / m - m1 * m1, 0.0)
+        sd = _stat_dtype(orig)
+        return mean.astype(sd), var.astype(sd)
+
+    def channel_normalize(self, x3, mean, var, eps, weight, bias):
+        k = _kernels("_channel")
+        orig = np.asarray(x3).dtype
+        x = _widen(x3)
+        n, c, l_ = x.shape
+        rstd = 1.0 / np.sqrt(_f64(var) + eps)
+        scale = rstd if weight is None else rstd * _f64(weight)
+        shift = -_f64(mean) * scale
+        if bias is not None:
+            shift = shift + _f64(bias)
+        scale = _f64(scale)
+        shift = _f64(shift)
+        if _channels_last(x):
+            yt = np.empty((n, l_, c), dtype=x.dtype)
+            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt)
+            y = yt.transpose(0, 2, 1)
+        else:
+            y = np.empty((n, c, l_), dtype=x.dtype)
+            k.affine_ncl(x, scale, shift, y, _nchunk(n * c, l_))
+        return y.astype(orig) if y.dtype != orig else y
+
+    def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
+        k = _kernels("_channel")
+        orig = np.asarray(x3).dtype
+        x = _widen(x3)
+        dy = _widen(dy3)
+        n, c, l_ = x.shape
+        m = n * l_
+        mu = _f64(mean)
+        rstd = 1.0 / np.sqrt(_f64(var) + eps)
+        cl = _channels_last(x)
+        if cl:
+            xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
+            pb, pw = k.bwd_reduce_nlc(dyt, xt, mu, _blocks(n * l_))
+        else:
+            nch = _nchunk(n * c, l_)
+            pb, pw = k.bwd_reduce_ncl(dy, x, mu, _blocks(n * c * nch), nch)
+        dbias = pb.sum(axis=0)
+        sdx = pw.sum(axis=0)  # sum(dy * (x - mean))
+        dweight = sdx * rstd
+        w = np.ones(c) if weight is None else _f64(weight)
+        a = _f64(rstd * w)
+        if batch_stats:
+            k2 = _f64(rstd * rstd * rstd * w * sdx / m)
+            k3 = _f64(rstd * w * dbias / m)
+        else:
+            k2 = np.zeros(c)
+            k3 = np.zeros(c)
+        if cl:
+            dxt = np.empty((n, l_, c), dtype=x.dtype)
+            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt)
+            dx = dxt.transpose(0, 2, 1)
+        else:
+            dx = np.empty((n, c, l_), dtype=x.dtype)
+            k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, _nchunk(n * c, l_))
+        gd = orig if weight is None else np.asarray(weight).dtype
+        if dx.dtype != orig:
+            dx = dx.astype(orig)
+        return dx, dweight.astype(gd), dbias.astype(gd)
+
+    def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
+        # (B, C) averages of a few hundred numbers: NumPy is faster than a kernel launch.
+        batch_mean = np.asarray(mean, dtype=_F64).mean(axis=0)
+        batch_var = np.asarray(var, dtype=_F64).mean(axis=0) * var_correction
+        rm = np.asarray(running_mean)
+        rv = np.asarray(running_var)
+        new_mean = (1.0 - momentum) * rm.astype(_F64) + momentum * batch_mean
+        new_var = (1.0 - momentum) * rv.astype(_F64) + momentum * batch_var
+        return new_mean.astype(rm.dtype), new_var.astype(rv.dtype)
+
+    # -------------------------------------------------------------- group view (N, G, D, L)
+    def group_normalize(self, x4, weight, bias, eps, center):
+        k = _kernels("_group")
+        orig = np.asarray(x4).dtype
+        x = _widen(x4)
+        n, g, d, l_ = x.shape
+        w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
+        b = np.zeros((g, d)) if bias is None else _f64(bias).reshape(g, d)
+        y = np.empty(x.shape, dtype=x.dtype)
+        nblk = _blocks(n * g)
+        if l_ == 1:
+            mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk)
+        else:
+            mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk)
+        sd = _stat_dtype(orig)
+        if y.dtype != orig:
+            y = y.astype(orig)
+        return y, mean.astype(sd), var.astype(sd)
+
+    def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
+        k = _kernels("_group")
+        orig = np.asarray(x4).dtype
+        x = _widen(x4)
+        dy = _widen(dy4)
+        n, g, d, l_ = x.shape
+        w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
+        mu = _f64(mean)
+        vv = _f64(var)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        nblk = _blocks(n * g)
+        if l_ == 1:
+            pw, pb = k.bwd3(
+                dy[:, :, :, 0],
+                x[:, :, :, 0],
+                mu,
+                vv,
+                float(eps),
+                w,
+                bool(center),
+                dx[:, :, :, 0],
+                nblk,
+            )
+        else:
+            pw, pb = k.bwd4(dy, x, mu, vv, float(eps), w, bool(center), dx, nblk)
+        gd = orig if weight is None else np.asarray(weight).dtype
+        if dx.dtype != orig:
+            dx = dx.astype(orig)
+        return dx, pw.sum(axis=0).astype(gd), pb.sum(axis=0).astype(gd)
+
+    # -------------------------------------------------------------- row view (R, K)
+    def standardize_rows(self, x2, eps, ddof, eps_in_root):
+        k = _kernels("_rows")
+        orig = np.asarray(x2).dtype
+        x = _widen(x2)
+        y = np.empty(x.shape, dtype=x.dtype)
+        mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y)
+        sd = _stat_dtype(orig)
+        if y.dtype != orig:
+            y = y.astype(orig)
+        return y, mean.astype(sd), denom.astype(sd)
+
+    def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
+        k = _kernels("_rows")
+        orig = np.asarray(x2).dtype
+        x = _widen(x2)
+        dy = _widen(dy2)
+        dx = np.empty(x.shape, dtype=x.dtype)
+        k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx)
+        return dx.astype(orig) if dx.dtype != orig else dx
+
+    # -------------------------------------------------------------- dropout
+    def dropout(self, x, p, seed):
+        x = np.asarray(x)
+        if p <= 0.0:
+            return x.copy()
+        if p >= 1.0:
+            return np.zeros(x.shape, dtype=x.dtype)
+        k = _kernels("_dropout")
+        flat = np.ascontiguousarray(x).reshape(-1)  # C-order flat index, whatever x's strides
+        if flat.dtype == np.float16:
+            # computed and stored in float64, then rounded once to float16 (as the reference)
+            flat = flat.astype(np.float32)
+            out = np.empty(flat.shape, dtype=_F64)
+        else:
+            out = np.empty(flat.shape, dtype=flat.dtype)
+        k.dropout_flat(
+            flat,
+            np.uint64(seed & _MASK64),
+            np.uint64(dropout_threshold(p)),
+            float(dropout_scale(p)),
+            out,
+        )
+        return out.astype(x.dtype, copy=False).reshape(x.shape)
