@@ -181,7 +181,7 @@ def _to(backend: Backend, a: np.ndarray | None) -> Any:
 def _check_outputs(got: Any, want: Any, dtype: Any, names: tuple[str, ...]) -> None:
     got = got if isinstance(got, tuple) else (got,)
     want = want if isinstance(want, tuple) else (want,)
-    for name, a, e in zip(names, got, want):
+    for name, a, e in zip(names, got, want, strict=False):
         if e is None:
             continue
         if np.dtype(normcore.to_numpy(a).dtype) != np.dtype(normcore.to_numpy(e).dtype):

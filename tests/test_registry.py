@@ -1,0 +1,202 @@
+"""Backend discovery, selection precedence, and isolation of broken or partial backends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import normcore
+from normcore import registry
+from normcore.backend import Availability, Backend
+from normcore_numpy.backend import NumpyBackend
+
+
+@pytest.fixture
+def clean_registry():
+    registry.refresh()
+    yield
+    registry.refresh()
+
+
+def test_import_normcore_loads_no_backend():
+    code = ("import sys, normcore; "
+            "bad = [m for m in sys.modules if m.startswith(('numba', 'cupy', 'normcore_'))]; "
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_first_party_backends_are_discovered_through_entry_points():
+    names = registry.backend_names()
+    assert {"numpy", "numba", "numba-cuda"} <= set(names)
+    rows = {r.name: r for r in normcore.list_backends()}
+    assert rows["numpy"].available and rows["numpy"].distribution == "normcore"
+
+
+def test_unknown_backend_lists_installed_and_closest():
+    with pytest.raises(normcore.BackendError) as info:
+        normcore.get_backend("numpyy")
+    msg = str(info.value)
+    assert "'numpyy'" in msg and "numpy" in msg and "Did you mean 'numpy'" in msg
+
+
+def test_selection_precedence(monkeypatch, clean_registry):
+    registry.register("other", _Other, priority=-5)
+    monkeypatch.setenv("NORMCORE_BACKEND", "other")
+    assert registry.resolve()[0] is normcore.get_backend("other")
+    assert "environment" in registry.resolve()[1]
+    with normcore.use_backend("numpy"):
+        assert registry.resolve()[0].name == "numpy"  # context beats environment
+        assert registry.resolve("other")[1] == "argument"  # argument beats context
+        assert normcore.LayerNorm(2, backend="other").backend is normcore.get_backend("other")
+    monkeypatch.delenv("NORMCORE_BACKEND")
+    default, why = registry.resolve()
+    assert default.name != "other" and "priority" in why
+
+
+def test_default_is_fastest_available_cpu_backend(monkeypatch):
+    monkeypatch.delenv("NORMCORE_BACKEND", raising=False)
+    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY", raising=False)
+    available = {r.name for r in normcore.list_backends() if r.available}
+    expected = "numba" if "numba" in available else "numpy"
+    assert registry.resolve()[0].name == expected
+
+
+def test_priority_environment_variable(monkeypatch):
+    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "numpy,numba")
+    assert registry.resolve()[0].name == "numpy"
+    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "nosuch,numpy")
+    with pytest.warns(UserWarning, match="nosuch"):
+        assert registry.resolve()[0].name == "numpy"
+
+
+def test_unknown_environment_backend_warns_and_falls_back(monkeypatch):
+    monkeypatch.setenv("NORMCORE_BACKEND", "nosuchbackend")
+    with pytest.warns(UserWarning, match="nosuchbackend"):
+        backend, _ = registry.resolve()
+    assert backend.name in registry.backend_names()
+
+
+class _Other(NumpyBackend):
+    name = "other"
+
+
+class _Raises(NumpyBackend):
+    def __init__(self):
+        raise OSError("driver library missing")
+
+
+class _OldApi(NumpyBackend):
+    name = "old"
+    api_version = 99
+
+
+class _Unavailable(NumpyBackend):
+    name = "away"
+
+    def is_available(self):
+        return Availability(False, "no device found")
+
+
+def test_broken_backends_are_reported_and_isolated(clean_registry):
+    registry.register("broken", _Raises, priority=1000)
+    registry.register("old", _OldApi, priority=999)
+    registry.register("away", _Unavailable, priority=998)
+    rows = {r.name: r for r in normcore.list_backends()}
+    assert rows["broken"].status == "broken" and "driver library missing" in rows["broken"].reason
+    assert rows["old"].status == "broken" and "99" in rows["old"].reason \
+        and str(normcore.API_VERSION) in rows["old"].reason
+    assert rows["away"].status == "unavailable" and rows["away"].reason == "no device found"
+    assert rows["numpy"].available
+    with pytest.warns(UserWarning, match="skipping backend 'broken'"):
+        chosen, why = registry.resolve()
+    assert chosen.name not in ("broken", "old", "away") and "skipped" in why
+    with pytest.raises(normcore.BackendError) as info:
+        normcore.get_backend("broken")
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(normcore.BackendError, match="api_version 99.*api_version 1"):
+        normcore.get_backend("old")
+    with pytest.raises(normcore.BackendError, match="no device found"):
+        normcore.LayerNorm(3, backend="away")
+    assert normcore.LayerNorm(3, backend="numpy")(np.ones((2, 3), np.float32)).shape == (2, 3)
+
+
+class _Partial(NumpyBackend):
+    name = "partial"
+    kernels = NumpyBackend.kernels - {"dropout", "standardize_rows"}
+
+
+def test_partial_backend_falls_back_only_when_asked(monkeypatch, clean_registry, caplog):
+    registry.register("partial", _Partial)
+    x = np.ones((3, 4), np.float32)
+    normcore.LayerNorm(4, backend="partial")(x)  # implemented kernels run
+    with pytest.raises(normcore.BackendError, match="NORMCORE_FALLBACK=1"):
+        normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
+    monkeypatch.setenv("NORMCORE_FALLBACK", "1")
+    with caplog.at_level(logging.INFO, logger="normcore"):
+        y, _ = normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
+    assert "falling back" in caplog.text
+    ref, _ = normcore.functional.dropout(x, 0.5, seed=1, backend="numpy")
+    np.testing.assert_array_equal(y, ref)
+    monkeypatch.setenv("NORMCORE_FALLBACK", "no")
+    with pytest.raises(normcore.BackendError):
+        normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
+
+
+@pytest.mark.parametrize("raw,value", [("1", True), ("true", True), ("Yes", True), ("on", True),
+                                       ("0", False), ("false", False), ("no", False), ("", False)])
+def test_boolean_environment_variables_are_strict(monkeypatch, raw, value):
+    monkeypatch.setenv("NORMCORE_X", raw)
+    assert registry.env_flag("NORMCORE_X") is value
+
+
+def test_bad_boolean_warns(monkeypatch):
+    monkeypatch.setenv("NORMCORE_X", "maybe")
+    with pytest.warns(UserWarning, match="not a boolean"):
+        assert registry.env_flag("NORMCORE_X") is False
+
+
+def test_context_does_not_leak_across_threads_or_tasks(clean_registry):
+    registry.register("other", _Other, priority=-5)
+    seen = {}
+
+    def worker():
+        seen["thread"] = registry.resolve()[0].name
+
+    with normcore.use_backend("other"):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        inside = registry.resolve()[0].name
+    assert inside == "other" and seen["thread"] != "other"
+
+    async def task(name):
+        if name:
+            with normcore.use_backend(name):
+                await asyncio.sleep(0.01)
+                return registry.resolve()[0].name
+        await asyncio.sleep(0.005)
+        return registry.resolve()[0].name
+
+    async def both():
+        return await asyncio.gather(task("other"), task(None))
+
+    with_ctx, without = asyncio.run(both())
+    assert with_ctx == "other" and without != "other"
+
+
+def test_kernel_logging_at_debug(caplog):
+    with caplog.at_level(logging.DEBUG, logger="normcore"):
+        normcore.functional.layer_norm(np.ones((2, 3), np.float32), 3, backend="numpy")
+    assert "group_normalize ran on backend 'numpy'" in caplog.text
+
+
+def test_backend_subclass_must_implement_array_conversion():
+    with pytest.raises(TypeError):
+        Backend()  # abstract
