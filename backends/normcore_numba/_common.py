@@ -1,17 +1,21 @@
 """Shared jit options and small reduction helpers used by every kernel module.
 
-The helpers are plain ``@njit`` functions on 1-D views; they are compiled into (inlined by LLVM
-into) the parallel kernel that calls them, specialized on the view's layout. They keep four
-independent float64 accumulators: without ``fastmath`` LLVM may not reorder a floating-point sum,
-so a single accumulator would serialize every add on its latency (4 cycles); four independent
-chains in a fixed order keep the result deterministic and let the SLP vectorizer pack them into
-one vector register.
+The reductions work on 1-D views and are resolved at compile time on the view's layout: a
+contiguous ('C') view uses the explicit-SIMD intrinsics of ``_simd`` (16 float64 lanes, fixed
+order); any other layout uses a scalar loop with four independent float64 accumulators (fixed
+order too). Both are deterministic; they are compiled into the parallel kernel that calls them.
+
+Note for developers: numba's on-disk cache is keyed on the kernel's own source file, so after
+editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels that inline it.
 """
 
 from __future__ import annotations
 
 import numba
 from numba import njit
+from numba.extending import overload
+
+from ._simd import vred0, vred1, vred2
 
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
@@ -30,7 +34,7 @@ def num_blocks(units: int) -> int:
 
 
 @njit(**HELPER)
-def sums_shifted(v, k):
+def _sums_shifted_scalar(v, k):
     """(sum(v - k), sum((v - k)**2)) in float64. With k a sample of the data (or the mean) the
     one-pass variance ``S2/M - (S1/M)**2`` has no catastrophic cancellation."""
     n = v.shape[0]
@@ -66,7 +70,7 @@ def sums_shifted(v, k):
 
 
 @njit(**HELPER)
-def dot2_centered(dy, x, mu):
+def _dot2_scalar(dy, x, mu):
     """(sum(dy), sum(dy * (x - mu))) in float64."""
     n = dy.shape[0]
     a0 = 0.0
@@ -101,7 +105,7 @@ def dot2_centered(dy, x, mu):
 
 
 @njit(**HELPER)
-def wdot2_centered(dy, x, w, mu):
+def _wdot2_scalar(dy, x, w, mu):
     """(sum(w * dy), sum(w * dy * (x - mu))) in float64 (w a float64 vector)."""
     n = dy.shape[0]
     a0 = 0.0
@@ -133,3 +137,43 @@ def wdot2_centered(dy, x, w, mu):
         q0 += t0 * (numba.float64(x[i]) - mu)
         i += 1
     return (a0 + a1) + (a2 + a3), (q0 + q1) + (q2 + q3)
+
+
+def sums_shifted(v, k):
+    """(sum(v - k), sum((v - k)**2)) in float64 (jit-only; dispatches on layout)."""
+    raise NotImplementedError
+
+
+def dot2_centered(dy, x, mu):
+    """(sum(dy), sum(dy * (x - mu))) in float64 (jit-only; dispatches on layout)."""
+    raise NotImplementedError
+
+
+def wdot2_centered(dy, x, w, mu):
+    """(sum(w * dy), sum(w * dy * (x - mu))) in float64 (jit-only; dispatches on layout)."""
+    raise NotImplementedError
+
+
+def _contig(*arrs):
+    return all(getattr(a, "layout", "") == "C" and a.ndim == 1 for a in arrs)
+
+
+@overload(sums_shifted, jit_options=HELPER)
+def _ov_sums_shifted(v, k):
+    if _contig(v):
+        return lambda v, k: vred0(v, v, v, k)
+    return lambda v, k: _sums_shifted_scalar(v, k)
+
+
+@overload(dot2_centered, jit_options=HELPER)
+def _ov_dot2(dy, x, mu):
+    if _contig(dy, x):
+        return lambda dy, x, mu: vred1(x, dy, x, mu)
+    return lambda dy, x, mu: _dot2_scalar(dy, x, mu)
+
+
+@overload(wdot2_centered, jit_options=HELPER)
+def _ov_wdot2(dy, x, w, mu):
+    if _contig(dy, x, w):
+        return lambda dy, x, w, mu: vred2(x, dy, w, mu)
+    return lambda dy, x, w, mu: _wdot2_scalar(dy, x, w, mu)

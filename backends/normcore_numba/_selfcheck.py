@@ -111,9 +111,7 @@ def check(verbose: bool = True) -> int:
                             _close(f"gn.{nm2} {nm}", g_, w_, dt)
                         dy = rng.standard_normal(shape).astype(dt)
                         got = nb.group_normalize_backward(dy, x, want[1], want[2], 1e-5, w, center)
-                        want = ref.group_normalize_backward(
-                            dy, x, want[1], want[2], 1e-5, w, center
-                        )
+                        want = ref.group_normalize_backward(dy, x, want[1], want[2], 1e-5, w, center)
                         for nm2, g_, w_ in zip(("dx", "dw", "db"), got, want, strict=True):
                             _close(f"gn_bwd.{nm2} {nm}", g_, w_, dt)
                         n += 1
