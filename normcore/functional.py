@@ -266,17 +266,8 @@ def _row_norm(
         raise ShapeError(f"Given normalized_shape={list(shape)}, expected input with shape "
                          f"[*, {', '.join(map(str, shape))}], but got input of size "
                          f"{list(x.shape)}")
-    for p, what in ((weight, "weight"), (bias, "bias")):
-        if p is not None:
-            p = as_input(p, be, what)
-            if tuple(p.shape) != shape:
-                raise ShapeError(f"{what} must have shape {shape} (normalized_shape), "
-                                 f"got {tuple(p.shape)}")
-            same_dtype(x, p, what)
-    if weight is not None:
-        weight = as_input(weight, be, "weight")
-    if bias is not None:
-        bias = as_input(bias, be, "bias")
+    weight = _trailing_param(weight, be, shape, "weight", x)
+    bias = _trailing_param(bias, be, shape, "bias", x)
     cols = numel(shape)
     w2 = _reshape_param(be, weight, (1, cols))
     saved = Saved(op, be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
@@ -289,6 +280,18 @@ def _row_norm(
                          eps, center)
     saved.x, saved.mean, saved.var = x4, mean, var
     return y.reshape(x.shape), saved
+
+
+def _trailing_param(p: Array | None, be: Backend, shape: tuple[int, ...], what: str,
+                    x: Array) -> Array | None:
+    """An optional weight or bias of exactly ``normalized_shape``, in x's dtype."""
+    if p is None:
+        return None
+    p = as_input(p, be, what)
+    if tuple(p.shape) != shape:
+        raise ShapeError(f"{what} must have shape {shape} (normalized_shape), got {tuple(p.shape)}")
+    same_dtype(x, p, what)
+    return p
 
 
 def layer_norm(
