@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ from ._checks import (
 from .backend import Backend
 
 Array = Any
+
+logger = logging.getLogger("normcore")
 
 __all__ = [
     "Parameter", "Module",
@@ -62,7 +65,12 @@ class Module:
     """Base of every layer: backend, training flag, parameters, buffers and state_dict."""
 
     def __init__(self, backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
-        self.backend: Backend = registry.select(backend)
+        self.backend: Backend
+        self.backend, why = registry.resolve(backend)
+        #: Why the backend was chosen, for the DEBUG log of each call (NORMCORE_LOG=debug).
+        self._backend_why = f"chosen at construction: {why}"
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: backend %r selected (%s)", type(self).__name__, self.backend.name, why)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise TypeError(f"dtype must be a floating dtype, got {self.dtype}")
@@ -179,10 +187,14 @@ class Module:
             if k != "num_batches_tracked":
                 self._buffers[k] = target.asarray(self.backend.to_numpy(b))
         self.backend, self._saved = target, None
+        self._backend_why = "moved there with .to()"
         return self
 
     # -------------------------------------------------------------- forward/backward
     def __call__(self, input: Array) -> Array:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s forward on backend %r (%s)", type(self).__name__, self.backend.name,
+                         self._backend_why)
         return self.forward(input)
 
     def forward(self, input: Array) -> Array:
@@ -190,6 +202,9 @@ class Module:
 
     def backward(self, grad_output: Array) -> Array:
         """Input gradient of the last forward; accumulates ``weight.grad`` and ``bias.grad``."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s backward on backend %r (%s)", type(self).__name__, self.backend.name,
+                         self._backend_why)
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(), or "
                                "twice for one forward: run forward first")

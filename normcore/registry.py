@@ -300,6 +300,8 @@ def resolve(backend: str | Backend | None = None) -> tuple[Backend, str]:
 
 def select(backend: str | Backend | None = None) -> Backend:
     """Resolve and log the backend for one layer or call."""
+    if isinstance(backend, Backend):
+        return backend  # a module passing its own backend: the module logs why it has it
     chosen, why = resolve(backend)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("backend %r selected (%s)", chosen.name, why)
@@ -318,6 +320,34 @@ def kernel(backend: Backend, name: str) -> Any:
         return _FallbackKernel(getattr(reference, name), backend, reference)
     raise BackendError(f"backend {backend.name!r} does not implement kernel {name!r}; set "
                        f"NORMCORE_FALLBACK=1 to run it on the {REFERENCE!r} reference backend")
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Send the ``normcore`` logger's records at ``level`` (default: ``NORMCORE_LOG``) to stderr.
+
+    Runs at import; does nothing unless ``NORMCORE_LOG`` is set (``debug``, ``info``, ``warning``)
+    or a level is given. Adds one StreamHandler to the ``normcore`` logger, never to the root one.
+    """
+    raw = (level if level is not None else os.environ.get("NORMCORE_LOG", "")).strip()
+    if not raw:
+        return
+    value = logging.getLevelName(raw.upper())
+    if not isinstance(value, int):
+        warnings.warn(f"NORMCORE_LOG={raw!r} is not a logging level (use debug, info or warning)",
+                      stacklevel=2)
+        return
+    if not any(getattr(h, "_normcore_env", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("normcore %(levelname)s: %(message)s"))
+        handler._normcore_env = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    for h in logger.handlers:
+        if getattr(h, "_normcore_env", False):
+            h.setLevel(value)
+    logger.setLevel(value)
+
+
+configure_logging()
 
 
 class _FallbackKernel:
