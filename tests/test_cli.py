@@ -1,0 +1,198 @@
+"""The ``normcore`` command line: info, bench, verify (in-process through ``cli.main`` and once as a
+real subprocess), and the NORMCORE_LOG hook."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import normcore
+from normcore import bench, cli, registry
+
+BACKEND = "numpy"  # always installed: the reference
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300):
+    """``python -m normcore ARGS`` in a subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "normcore", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+def test_info_lists_environment_backends_and_default(capsys):
+    assert cli.main(["--plain", "info"]) == 0
+    out = capsys.readouterr().out
+    assert f"normcore {normcore.__version__}" in out
+    for word in ("Python", "NumPy", "Numba", "CuPy", "threads"):
+        assert word in out
+    for status in registry.list_backends():
+        assert status.name in out
+    chosen, why = registry.resolve(None)
+    assert f"default backend: {chosen.name}, chosen by {why}" in out
+
+
+def test_info_with_rich(capsys):
+    pytest.importorskip("rich")
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy" in out and "default backend:" in out
+
+
+def test_info_subprocess_honours_environment():
+    proc = run_cli("info", env={"NORMCORE_BACKEND": "numpy"})
+    assert proc.returncode == 0, proc.stderr
+    assert "default backend: numpy, chosen by NORMCORE_BACKEND environment variable" in proc.stdout
+
+
+def test_verify_conforming_backend(capsys):
+    assert cli.main(["--plain", "verify", "--backend", BACKEND, "--quick"]) == 0
+    out = capsys.readouterr().out
+    from normcore.testing import verify
+
+    results = verify(BACKEND, quick=True)
+    assert f"{len(results)} passed, 0 failed, 0 skipped" in out
+    assert "conforms" in out
+
+
+def test_verify_unknown_backend_exits_1(capsys):
+    assert cli.main(["--plain", "verify", "--backend", "nope"]) == 1
+    assert "unknown normcore backend 'nope'" in capsys.readouterr().out
+
+
+def test_verify_partial_backend_reports_skips(capsys, monkeypatch):
+    from normcore_numpy.backend import NumpyBackend
+
+    class Partial(NumpyBackend):
+        name = "partial-cli"
+        kernels = frozenset({"channel_moments", "channel_normalize", "channel_normalize_backward",
+                             "running_update"})
+
+    monkeypatch.delenv("NORMCORE_FALLBACK", raising=False)
+    registry.register("partial-cli", Partial)
+    try:
+        assert cli.main(["--plain", "verify", "--backend", "partial-cli", "--quick"]) == 0
+    finally:
+        registry.refresh()
+    out = capsys.readouterr().out
+    summary = [line for line in out.splitlines() if "passed," in line][0]
+    skipped = int(summary.split(" skipped")[0].rsplit(", ", 1)[1])
+    assert skipped > 0 and " 0 failed" in summary
+
+
+def test_bench_quick_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = cli.main(["--plain", "bench", "--quick", "--backend", BACKEND, "--layer", "layernorm",
+                     "--layer", "batchnorm2d-eval", "--repeat", "2", "--no-torch",
+                     "--json", str(path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "LayerNorm" in out and "BatchNorm2d (eval)" in out and "GB/s" in out
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    assert {r["pass"] for r in rows} == {"forward", "backward"}
+    assert all(r["backend"] == BACKEND and r["ms"] > 0 and r["gbs"] > 0 for r in rows)
+    assert all(r["speedup_reference"] == pytest.approx(1.0) for r in rows)
+    # the eval case has a forward only
+    assert [r["pass"] for r in rows if r["layer"] == "BatchNorm2d (eval)"] == ["forward"]
+    assert data["environment"]["threads"] == bench.thread_count()
+
+
+def test_bench_rejects_unknown_names(capsys):
+    assert cli.main(["--plain", "bench", "--quick", "--backend", "nope"]) == 2
+    assert cli.main(["--plain", "bench", "--quick", "--layer", "convnorm"]) == 2
+    out = capsys.readouterr().out
+    assert "unknown normcore backend 'nope'" in out and "unknown layer 'convnorm'" in out
+
+
+def test_bench_plot_without_matplotlib_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    code = cli.main(["--plain", "bench", "--quick", "--plot", str(tmp_path / "b.png")])
+    assert code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().out
+
+
+def test_bench_torch_column():
+    pytest.importorskip("torch")
+    cases = bench.default_cases(["rmsnorm"], quick=True)
+    report = bench.run(cases, [BACKEND], repeat=2)
+    by_backend = {(r.backend, r.pass_): r for r in report.rows}
+    assert ("torch", "forward") in by_backend and ("torch", "backward") in by_backend
+    assert not by_backend[("torch", "backward")].error
+    assert by_backend[(BACKEND, "forward")].speedup_torch is not None
+
+
+def test_bench_default_grid_matches_the_issue():
+    cases = bench.default_cases()
+    shapes = {(c.layer, c.shape) for c in cases}
+    assert ("batchnorm2d", (32, 64, 56, 56)) in shapes
+    assert ("layernorm", (4096, 4096)) in shapes
+    assert ("groupnorm", (16, 256, 32, 32)) in shapes
+    assert ("batchnorm2d-eval", (32, 64, 56, 56)) in shapes
+    assert len(cases) == 10
+
+
+def test_bench_counts_bytes():
+    case = bench.BenchCase("layernorm", (4, 8), "float32")
+    assert case.nbytes == 4 * 8 * 4
+    rows = bench._rows(case, ["numpy"], {"numpy": {"forward": (1e-3, 3), "backward": (1e-3, 3)}},
+                       copy_gbs=1.0)
+    fwd, bwd = rows
+    assert fwd.gbs == pytest.approx(2 * case.nbytes / 1e-3 / 1e9)
+    assert bwd.gbs == pytest.approx(3 * case.nbytes / 1e-3 / 1e9)
+
+
+def test_python_dash_m_and_no_command():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and normcore.__version__ in proc.stdout
+    proc = run_cli()
+    assert proc.returncode == 2 and "info" in proc.stdout
+
+
+def test_plain_output_without_rich():
+    """With rich unimportable the CLI still works, one line per item, no progress bar."""
+    code = ("import sys; sys.modules['rich'] = None\n"
+            "from normcore import cli\n"
+            "sys.exit(cli.main(['verify', '--backend', 'numpy', '--quick']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("[1/") for line in lines)
+    assert " passed, 0 failed, " in lines[-1]
+
+
+def test_normcore_log_debug_names_backend_and_reason():
+    code = ("import numpy as np, normcore\n"
+            "ln = normcore.LayerNorm(4, backend='numpy')\n"
+            "ln.backward(ln(np.ones((2, 4), np.float32)))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, NORMCORE_LOG="debug"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "LayerNorm forward on backend 'numpy' (chosen at construction: argument)" in err
+    assert "LayerNorm backward on backend 'numpy'" in err
+    assert "group_normalize ran on backend 'numpy'" in err
+
+
+def test_normcore_log_unset_adds_no_handler():
+    code = ("import logging, normcore\n"
+            "print(len(logging.getLogger('normcore').handlers), len(logging.getLogger().handlers))")
+    env = {k: v for k, v in os.environ.items() if k != "NORMCORE_LOG"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.stdout.split() == ["0", "0"]
+
+
+def test_module_logs_construction_reason(caplog):
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="normcore"), normcore.use_backend("numpy"):
+        layer = normcore.RMSNorm(4)
+    with caplog.at_level(logging.DEBUG, logger="normcore"):
+        layer(np.ones((2, 4), np.float32))
+    assert "RMSNorm forward on backend 'numpy' (chosen at construction: use_backend() context)" \
+        in caplog.text
