@@ -42,6 +42,7 @@ _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("normcore_
 _lock = threading.Lock()
 _loaded: dict[str, Backend] = {}
 _errors: dict[str, BaseException] = {}
+_warned: set[str] = set()  # broken backends already warned about by automatic selection
 _discovered: dict[str, BackendEntry] | None = None
 
 
@@ -138,6 +139,7 @@ def refresh() -> None:
         _discovered = None
         _loaded.clear()
         _errors.clear()
+        _warned.clear()
 
 
 def register(name: str, factory: Any, *, device: str = "cpu", priority: int = 0) -> None:
@@ -164,7 +166,7 @@ def _load(name: str) -> Backend:
     if name in _loaded:
         return _loaded[name]
     if name in _errors:
-        raise BackendError(f"backend {name!r} is broken: {_errors[name]}") from _errors[name]
+        raise BackendError(_broken_message(name, _errors[name])) from _errors[name]
     entries = _entry_points()
     if name not in entries:
         raise BackendError(_unknown_message(name, list(entries)))
@@ -186,10 +188,16 @@ def _load(name: str) -> Backend:
     except Exception as exc:
         with _lock:
             _errors[name] = exc
-        raise BackendError(f"backend {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        raise BackendError(_broken_message(name, exc)) from exc
     with _lock:
         _loaded[name] = backend
     return backend
+
+
+def _broken_message(name: str, exc: BaseException) -> str:
+    if isinstance(exc, BackendError):
+        return str(exc)
+    return f"backend {name!r} failed to load: {type(exc).__name__}: {exc}"
 
 
 def _unknown_message(name: str, installed: list[str]) -> str:
@@ -262,14 +270,23 @@ def _priority_order() -> list[BackendEntry]:
 
 
 def default_backend() -> tuple[Backend, str]:
-    """The automatically selected backend and why it was chosen."""
+    """The automatically selected backend and why it was chosen.
+
+    Broken backends are skipped with a warning (once per process), unavailable ones with an
+    INFO log record: a machine without a GPU or without Numba is not a problem to shout about.
+    """
     skipped = []
     for entry in _priority_order():
         try:
             backend = get_backend(entry.name)
         except BackendError as exc:
             skipped.append(f"{entry.name} ({exc})")
-            warnings.warn(f"normcore: skipping backend {entry.name!r}: {exc}", stacklevel=3)
+            if entry.name in _errors and entry.name not in _warned:
+                _warned.add(entry.name)
+                warnings.warn(f"normcore: skipping broken backend {entry.name!r}: {exc}",
+                              stacklevel=3)
+            else:
+                logger.info("skipping backend %r: %s", entry.name, exc)
             continue
         why = ("first available in NORMCORE_BACKEND_PRIORITY"
                if os.environ.get("NORMCORE_BACKEND_PRIORITY", "").strip()

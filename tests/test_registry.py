@@ -114,8 +114,10 @@ def test_broken_backends_are_reported_and_isolated(clean_registry):
         and str(normcore.API_VERSION) in rows["old"].reason
     assert rows["away"].status == "unavailable" and rows["away"].reason == "no device found"
     assert rows["numpy"].available
-    with pytest.warns(UserWarning, match="skipping backend 'broken'"):
+    with pytest.warns(UserWarning, match="skipping broken backend") as record:
         chosen, why = registry.resolve()
+    assert {"'broken'", "'old'"} <= {w.message.args[0].split()[4].rstrip(":") for w in record}
+    assert not any("'away'" in str(w.message) for w in record)  # unavailable: no warning
     assert chosen.name not in ("broken", "old", "away") and "skipped" in why
     with pytest.raises(normcore.BackendError) as info:
         normcore.get_backend("broken")
