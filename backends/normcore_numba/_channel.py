@@ -65,9 +65,11 @@ def affine_ncl(x, scale, shift, y, nchunk):
         l1 = (ch + 1) * l_ // nchunk
         a = scale[c]
         s = shift[c]
-        xr = x[n, c]
-        yr = y[n, c]
-        for i in range(l0, l1):
+        # slice views so the loop index starts at 0: a provably non-negative index needs no
+        # wraparound fix-up, which is what lets LLVM vectorize the loop
+        xr = x[n, c, l0:l1]
+        yr = y[n, c, l0:l1]
+        for i in range(xr.shape[0]):
             yr[i] = numba.float64(xr[i]) * a + s
 
 
@@ -107,10 +109,10 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk):
         kk2 = k2[c]
         kk3 = k3[c]
         m = mu[c]
-        xr = x[n, c]
-        dyr = dy[n, c]
-        dxr = dx[n, c]
-        for i in range(l0, l1):
+        xr = x[n, c, l0:l1]
+        dyr = dy[n, c, l0:l1]
+        dxr = dx[n, c, l0:l1]
+        for i in range(xr.shape[0]):
             dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
 
 

@@ -94,6 +94,7 @@ def check(verbose: bool = True) -> int:
             (3, 5, 1, 13),
             (4, 1, 1031, 1),
             (2, 1, 2, 2),
+            (2, 2, 3, 70),
         ]:
             for lay, x in _layouts(rng, shape, dt, offset=2.0):
                 g, d = shape[1], shape[2]

@@ -67,6 +67,11 @@ def _channels_last(x3: np.ndarray) -> bool:
     return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
 
 
+def _flat_rows(x4: np.ndarray, l_: int) -> bool:
+    """Use the flat-row (L == 1) kernels on a (N, G, D*L) view: contiguous x and short L."""
+    return l_ < 64 and x4.flags.c_contiguous
+
+
 class NumbaBackend(Backend):
     """Parallel Numba CPU kernels (see :mod:`normcore.backend` for the contract)."""
 
@@ -197,6 +202,18 @@ class NumbaBackend(Backend):
         nblk = _blocks(n * g)
         if l_ == 1:
             mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk)
+        elif _flat_rows(x, l_):
+            # short L (GroupNorm on small feature maps): one flat contiguous row of D*L with the
+            # weight expanded along L beats D short inner loops
+            mean, var = k.fwd3(
+                x.reshape(n, g, d * l_),
+                np.repeat(w, l_, axis=1),
+                np.repeat(b, l_, axis=1),
+                float(eps),
+                bool(center),
+                y.reshape(n, g, d * l_),
+                nblk,
+            )
         else:
             mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk)
         sd = _stat_dtype(orig)
@@ -227,6 +244,20 @@ class NumbaBackend(Backend):
                 dx[:, :, :, 0],
                 nblk,
             )
+        elif _flat_rows(x, l_) and dy.flags.c_contiguous:
+            pw, pb = k.bwd3(
+                dy.reshape(n, g, d * l_),
+                x.reshape(n, g, d * l_),
+                mu,
+                vv,
+                float(eps),
+                np.repeat(w, l_, axis=1),
+                bool(center),
+                dx.reshape(n, g, d * l_),
+                nblk,
+            )
+            pw = pw.reshape(-1, g, d, l_).sum(axis=3)
+            pb = pb.reshape(-1, g, d, l_).sum(axis=3)
         else:
             pw, pb = k.bwd4(dy, x, mu, vv, float(eps), w, bool(center), dx, nblk)
         gd = orig if weight is None else np.asarray(weight).dtype
