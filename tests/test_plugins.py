@@ -225,7 +225,7 @@ def test_automatic_selection_skips_broken_with_a_warning(fresh_registry, monkeyp
     assert chosen.name == "numpy"
     messages = " ".join(str(w.message) for w in record)
     for name in BROKEN:
-        assert f"skipping backend {name!r}" in messages
+        assert f"skipping broken backend {name!r}" in messages
         assert name in why  # the reason lists what was skipped
 
 
