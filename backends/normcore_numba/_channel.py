@@ -25,7 +25,6 @@ and the per-channel accumulators/scales are plain vectors (vectorizes without re
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba import njit, prange
 
 from ._common import KERNEL, dot2_centered, sums_shifted
@@ -33,11 +32,10 @@ from ._common import KERNEL, dot2_centered, sums_shifted
 
 # ---------------------------------------------------------------- (N, C, L) layout
 @njit(**KERNEL)
-def moments_ncl(x, k, nblk, nchunk):
+def moments_ncl(x, k, nchunk, p1, p2):
     n_, c_, l_ = x.shape
     units = n_ * c_ * nchunk
-    p1 = np.zeros((nblk, c_))
-    p2 = np.zeros((nblk, c_))
+    nblk = p1.shape[0]
     for b in prange(nblk):
         for u in range(b * units // nblk, (b + 1) * units // nblk):
             row = u // nchunk
@@ -49,7 +47,6 @@ def moments_ncl(x, k, nblk, nchunk):
             s1, s2 = sums_shifted(x[n, c, l0:l1], k[c])
             p1[b, c] += s1
             p2[b, c] += s2
-    return p1, p2
 
 
 @njit(**KERNEL)
@@ -74,11 +71,10 @@ def affine_ncl(x, scale, shift, y, nchunk):
 
 
 @njit(**KERNEL)
-def bwd_reduce_ncl(dy, x, mu, nblk, nchunk):
+def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
     n_, c_, l_ = x.shape
     units = n_ * c_ * nchunk
-    pb = np.zeros((nblk, c_))
-    pw = np.zeros((nblk, c_))
+    nblk = pb.shape[0]
     for b in prange(nblk):
         for u in range(b * units // nblk, (b + 1) * units // nblk):
             row = u // nchunk
@@ -90,7 +86,6 @@ def bwd_reduce_ncl(dy, x, mu, nblk, nchunk):
             s1, s2 = dot2_centered(dy[n, c, l0:l1], x[n, c, l0:l1], mu[c])
             pb[b, c] += s1
             pw[b, c] += s2
-    return pb, pw
 
 
 @njit(**KERNEL)
@@ -118,14 +113,15 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk):
 
 # ---------------------------------------------------------------- channels-last: (N, L, C) view
 @njit(**KERNEL)
-def moments_nlc(x, k, nblk):
+def moments_nlc(x, k, p1, p2):
     n_, l_, c_ = x.shape
     rows = n_ * l_
-    p1 = np.zeros((nblk, c_))
-    p2 = np.zeros((nblk, c_))
+    nblk = p1.shape[0]
     for b in prange(nblk):
-        a1 = np.zeros(c_)
-        a2 = np.zeros(c_)
+        # this block's own rows of the partials (no np.zeros / array expressions inside prange:
+        # numba would turn them into nested parfors, which multiplies compile time)
+        a1 = p1[b]
+        a2 = p2[b]
         for r in range(b * rows // nblk, (b + 1) * rows // nblk):
             n = r // l_
             xr = x[n, r - n * l_]
@@ -133,9 +129,6 @@ def moments_nlc(x, k, nblk):
                 t = numba.float64(xr[c]) - k[c]
                 a1[c] += t
                 a2[c] += t * t
-        p1[b, :] = a1
-        p2[b, :] = a2
-    return p1, p2
 
 
 @njit(**KERNEL)
@@ -150,14 +143,15 @@ def affine_nlc(x, scale, shift, y):
 
 
 @njit(**KERNEL)
-def bwd_reduce_nlc(dy, x, mu, nblk):
+def bwd_reduce_nlc(dy, x, mu, pb, pw):
     n_, l_, c_ = x.shape
     rows = n_ * l_
-    pb = np.zeros((nblk, c_))
-    pw = np.zeros((nblk, c_))
+    nblk = pb.shape[0]
     for b in prange(nblk):
-        a1 = np.zeros(c_)
-        a2 = np.zeros(c_)
+        # this block's own rows of the partials (no np.zeros / array expressions inside prange:
+        # numba would turn them into nested parfors, which multiplies compile time)
+        a1 = pb[b]
+        a2 = pw[b]
         for r in range(b * rows // nblk, (b + 1) * rows // nblk):
             n = r // l_
             xr = x[n, r - n * l_]
@@ -166,9 +160,6 @@ def bwd_reduce_nlc(dy, x, mu, nblk):
                 t = numba.float64(dyr[c])
                 a1[c] += t
                 a2[c] += t * (numba.float64(xr[c]) - mu[c])
-        pb[b, :] = a1
-        pw[b, :] = a2
-    return pb, pw
 
 
 @njit(**KERNEL)

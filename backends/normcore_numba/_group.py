@@ -107,14 +107,16 @@ def fwd4(x, w, b, eps, center, y, nblk):
 
 
 @njit(**KERNEL)
-def bwd3(dy, x, mean, var, eps, w, center, dx, nblk):
+def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb):
     n_, g_, d_ = x.shape
     rows = n_ * g_
-    pw = np.zeros((nblk, g_, d_))
-    pb = np.zeros((nblk, g_, d_))
+    nblk = pw.shape[0]
     for blk in prange(nblk):
-        aw = np.zeros((g_, d_))
-        ab = np.zeros((g_, d_))
+        # this block's own (G, D) partials: no element is shared with another block. (No array
+        # expressions or np.zeros inside prange: numba turns them into nested parfors, which
+        # multiplies compile time.)
+        aw = pw[blk]
+        ab = pb[blk]
         for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
             n = r // g_
             g = r - n * g_
@@ -129,24 +131,23 @@ def bwd3(dy, x, mean, var, eps, w, center, dx, nblk):
             awr = aw[g]
             abr = ab[g]
             dxr = dx[n, g]
+            # two simple loops rather than one fused loop: fewer arrays per loop means fewer
+            # runtime alias checks for the vectorizer (compile time), and the row is in L1
             for i in range(d_):
                 t = numba.float64(dyr[i])
-                c = numba.float64(xr[i]) - mu
                 abr[i] += t
-                awr[i] += t * (c * rstd)
-                dxr[i] = (rstd * wr[i]) * t - k2 * c - k3
-        pw[blk] = aw
-        pb[blk] = ab
-    return pw, pb
+                awr[i] += t * ((numba.float64(xr[i]) - mu) * rstd)
+            for i in range(d_):
+                t = numba.float64(dyr[i])
+                dxr[i] = (rstd * wr[i]) * t - k2 * (numba.float64(xr[i]) - mu) - k3
 
 
 @njit(**KERNEL)
-def bwd4(dy, x, mean, var, eps, w, center, dx, nblk):
+def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb):
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
-    pw = np.zeros((nblk, g_, d_))
-    pb = np.zeros((nblk, g_, d_))
+    nblk = pw.shape[0]
     for blk in prange(nblk):
         for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
             n = r // g_
@@ -170,4 +171,3 @@ def bwd4(dy, x, mean, var, eps, w, center, dx, nblk):
                 dxrd = dx[n, g, d]
                 for i in range(l_):
                     dxrd[i] = a * numba.float64(dyrd[i]) - k2 * (numba.float64(xrd[i]) - mu) - k3
-    return pw, pb

@@ -45,6 +45,12 @@ def _nchunk(rows: int, length: int) -> int:
     return int(min(length, -(-want // rows)))
 
 
+def _partials(nblk: int, *shape: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two zeroed float64 (nblk, *shape) partial-sum arrays, one row per block. Allocated here,
+    not inside the kernels: numba turns np.zeros into a parfor, which costs compile time."""
+    return np.zeros((nblk, *shape)), np.zeros((nblk, *shape))
+
+
 def _widen(x: np.ndarray) -> np.ndarray:
     """float16 is computed in float32; other supported dtypes go in as they are."""
     x = np.asarray(x)
@@ -109,11 +115,13 @@ class NumbaBackend(Backend):
         if _channels_last(x):
             xt = x.transpose(0, 2, 1)
             shift = _f64(xt[0, 0, :])
-            p1, p2 = k.moments_nlc(xt, shift, _blocks(n * l_))
+            p1, p2 = _partials(_blocks(n * l_), c)
+            k.moments_nlc(xt, shift, p1, p2)
         else:
             shift = _f64(x[0, :, 0])
             nch = _nchunk(n * c, l_)
-            p1, p2 = k.moments_ncl(x, shift, _blocks(n * c * nch), nch)
+            p1, p2 = _partials(_blocks(n * c * nch), c)
+            k.moments_ncl(x, shift, nch, p1, p2)
         m1 = p1.sum(axis=0) / m
         mean = shift + m1
         var = np.maximum(p2.sum(axis=0) / m - m1 * m1, 0.0)
@@ -153,10 +161,12 @@ class NumbaBackend(Backend):
         cl = _channels_last(x)
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
-            pb, pw = k.bwd_reduce_nlc(dyt, xt, mu, _blocks(n * l_))
+            pb, pw = _partials(_blocks(n * l_), c)
+            k.bwd_reduce_nlc(dyt, xt, mu, pb, pw)
         else:
             nch = _nchunk(n * c, l_)
-            pb, pw = k.bwd_reduce_ncl(dy, x, mu, _blocks(n * c * nch), nch)
+            pb, pw = _partials(_blocks(n * c * nch), c)
+            k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
         dbias = pb.sum(axis=0)
         sdx = pw.sum(axis=0)  # sum(dy * (x - mean))
         dweight = sdx * rstd
@@ -233,7 +243,8 @@ class NumbaBackend(Backend):
         dx = np.empty(x.shape, dtype=x.dtype)
         nblk = _blocks(n * g)
         if l_ == 1:
-            pw, pb = k.bwd3(
+            pw, pb = _partials(nblk, g, d)
+            k.bwd3(
                 dy[:, :, :, 0],
                 x[:, :, :, 0],
                 mu,
@@ -242,10 +253,12 @@ class NumbaBackend(Backend):
                 w,
                 bool(center),
                 dx[:, :, :, 0],
-                nblk,
+                pw,
+                pb,
             )
         elif _flat_rows(x, l_) and dy.flags.c_contiguous:
-            pw, pb = k.bwd3(
+            pw, pb = _partials(nblk, g, d * l_)
+            k.bwd3(
                 dy.reshape(n, g, d * l_),
                 x.reshape(n, g, d * l_),
                 mu,
@@ -254,12 +267,14 @@ class NumbaBackend(Backend):
                 np.repeat(w, l_, axis=1),
                 bool(center),
                 dx.reshape(n, g, d * l_),
-                nblk,
+                pw,
+                pb,
             )
             pw = pw.reshape(-1, g, d, l_).sum(axis=3)
             pb = pb.reshape(-1, g, d, l_).sum(axis=3)
         else:
-            pw, pb = k.bwd4(dy, x, mu, vv, float(eps), w, bool(center), dx, nblk)
+            pw, pb = _partials(nblk, g, d)
+            k.bwd4(dy, x, mu, vv, float(eps), w, bool(center), dx, pw, pb)
         gd = orig if weight is None else np.asarray(weight).dtype
         if dx.dtype != orig:
             dx = dx.astype(orig)
