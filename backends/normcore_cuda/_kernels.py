@@ -67,6 +67,7 @@ if SIMULATOR:
     LONG_ROW_THREADS = ((1 << 62, 64),)
     #: at most this many blocks in a row-kernel grid (rows are strided)
     MAX_ROW_BLOCKS = 3
+    FUSED_THREADS = 1 << 20
     ELT_BLOCK = 32
     MAX_ELT_BLOCKS = 3
     RED_BLOCK = 32
@@ -77,6 +78,9 @@ else:
     SHORT_ROW_MAX = 1024
     LONG_ROW_THREADS = ((4096, 256), (8192, 512), (1 << 62, 1024))
     MAX_ROW_BLOCKS = 132 * 8
+    #: fused group backward: about one wave (132 SMs x 1024 threads), which bounds the
+    #: per-row-group dweight/dbias partials to ~8 % of the traffic of the kernel
+    FUSED_THREADS = 132 * 1024
     ELT_BLOCK = 256
     MAX_ELT_BLOCKS = 132 * 32
     RED_BLOCK = 256
@@ -84,8 +88,11 @@ else:
     TARGET_RED_BLOCKS = 132 * 8
 
 
-def row_launch(rows: int, m: int) -> tuple[int, int, int, int]:
-    """``(blocks, threads, tpr, niter)`` for a row kernel over ``rows`` rows of ``m`` elements."""
+def row_launch(rows: int, m: int, fused: bool = False) -> tuple[int, int, int, int]:
+    """``(blocks, threads, tpr, niter)`` for a row kernel over ``rows`` rows of ``m`` elements.
+
+    ``fused``: the group backward with per-row-group partials; fewer, longer-lived row groups.
+    """
     if m <= SHORT_ROW_MAX:
         threads, tpr = ROW_BLOCK, WARP
     else:
@@ -94,7 +101,8 @@ def row_launch(rows: int, m: int) -> tuple[int, int, int, int]:
                 threads = tpr = t
                 break
     gpb = threads // tpr
-    blocks = max(1, min(-(-rows // gpb), MAX_ROW_BLOCKS))
+    cap = MAX_ROW_BLOCKS if not fused else max(1, min(MAX_ROW_BLOCKS, FUSED_THREADS // threads))
+    blocks = max(1, min(-(-rows // gpb), cap))
     groups = blocks * gpb
     niter = -(-rows // groups)
     return blocks, threads, tpr, niter
@@ -102,6 +110,16 @@ def row_launch(rows: int, m: int) -> tuple[int, int, int, int]:
 
 def elt_launch(n: int) -> tuple[int, int]:
     return max(1, min(-(-n // ELT_BLOCK), MAX_ELT_BLOCKS)), ELT_BLOCK
+
+
+def channel_elt_launch(n: int, length: int) -> tuple[tuple[int, int], int]:
+    """Grid of the per-channel elementwise kernels: 2-D (l blocks, (n, c) rows) when rows are
+    at least one block long (the kernels test ``L >= blockDim.x``), else 1-D over the elements."""
+    if length >= ELT_BLOCK:
+        gx = max(1, min(-(-length // ELT_BLOCK), MAX_ELT_BLOCKS))
+        gy = max(1, min(n // length, MAX_ELT_BLOCKS // gx, 65535))
+        return (gx, gy), ELT_BLOCK
+    return (elt_launch(n)[0], 1), ELT_BLOCK
 
 
 def slabs(c: int, m: int) -> int:
@@ -344,8 +362,8 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
             sw = acc_t(0.0)
             sb = acc_t(0.0)
             for p in range(P):
-                sw += pw[p * C + c]
-                sb += pb[p * C + c]
+                sw += acc_t(pw[p * C + c])
+                sb += acc_t(pb[p * C + c])
             dw[c] = sw
             db[c] = sb
 
@@ -366,18 +384,31 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         g = c // D
         aw = zero
         ab = zero
-        for k_ in range(lo + tid, hi, T):
-            n = k_ // L
-            l_ = k_ - n * L
-            idx = (n * C + c) * L + l_
-            r = n * G + g
-            mu = zero
-            if center:
-                mu = acc_t(mean[r])
-            rstd = one / math.sqrt(acc_t(var[r]) + eps)
-            dyv = acc_t(dy[idx])
-            aw += dyv * (acc_t(x[idx]) - mu) * rstd
-            ab += dyv
+        if L >= T:  # whole (n, c) rows: no per-element index division, stats once per row
+            for n in range(lo // L, (hi + L - 1) // L):
+                rb = n * L
+                base = (n * C + c) * L
+                r = n * G + g
+                mu = zero
+                if center:
+                    mu = acc_t(mean[r])
+                rstd = one / math.sqrt(acc_t(var[r]) + eps)
+                for l_ in range(max(lo - rb, 0) + tid, min(hi - rb, L), T):
+                    dyv = acc_t(dy[base + l_])
+                    aw += dyv * (acc_t(x[base + l_]) - mu) * rstd
+                    ab += dyv
+        else:
+            for k_ in range(lo + tid, hi, T):
+                n = k_ // L
+                idx = (n * C + c) * L + k_ - n * L
+                r = n * G + g
+                mu = zero
+                if center:
+                    mu = acc_t(mean[r])
+                rstd = one / math.sqrt(acc_t(var[r]) + eps)
+                dyv = acc_t(dy[idx])
+                aw += dyv * (acc_t(x[idx]) - mu) * rstd
+                ab += dyv
         aw = _group_sum(aw, sh, T, zero)
         ab = _group_sum(ab, sh, T, zero)
         if tid == 0:
@@ -483,11 +514,20 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         shift = acc_t(x[c * L])
         a = zero
         q = zero
-        for k_ in range(lo + tid, hi, T):
-            n = k_ // L
-            v = acc_t(x[(n * C + c) * L + k_ - n * L]) - shift
-            a += v
-            q += v * v
+        if L >= T:  # whole (n, c) rows: no per-element index division
+            for n in range(lo // L, (hi + L - 1) // L):
+                rb = n * L
+                base = (n * C + c) * L
+                for l_ in range(max(lo - rb, 0) + tid, min(hi - rb, L), T):
+                    v = acc_t(x[base + l_]) - shift
+                    a += v
+                    q += v * v
+        else:
+            for k_ in range(lo + tid, hi, T):
+                n = k_ // L
+                v = acc_t(x[(n * C + c) * L + k_ - n * L]) - shift
+                a += v
+                q += v * v
         a = _group_sum(a, sh, T, zero)
         q = _group_sum(q, sh, T, zero)
         if tid == 0:
@@ -527,11 +567,21 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
 
     @cuda.jit
     def channel_apply(x, y, scale, shift, n, C, L):
-        start = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        for i in range(start, n, stride):
-            c = (i // L) % C
-            y[i] = acc_t(x[i]) * scale[c] + shift[c]
+        T = cuda.blockDim.x
+        if L >= T:  # 2-D grid: (n, c) rows along y, l along x; no per-element division
+            for row in range(cuda.blockIdx.y, n // L, cuda.gridDim.y):
+                c = row % C
+                sc = scale[c]
+                sf = shift[c]
+                base = row * L
+                for l_ in range(cuda.blockIdx.x * T + cuda.threadIdx.x, L, T * cuda.gridDim.x):
+                    y[base + l_] = acc_t(x[base + l_]) * sc + sf
+        else:
+            start = (cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x) * T + cuda.threadIdx.x
+            stride = T * cuda.gridDim.x * cuda.gridDim.y
+            for i in range(start, n, stride):
+                c = (i // L) % C
+                y[i] = acc_t(x[i]) * scale[c] + shift[c]
 
     @cuda.jit
     def channel_bwd_partials(dy, x, mean, N, C, L, S, pw, pb):
@@ -549,12 +599,21 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         mu = acc_t(mean[c])
         aw = zero
         ab = zero
-        for k_ in range(lo + tid, hi, T):
-            n = k_ // L
-            idx = (n * C + c) * L + k_ - n * L
-            dyv = acc_t(dy[idx])
-            aw += dyv * (acc_t(x[idx]) - mu)
-            ab += dyv
+        if L >= T:  # whole (n, c) rows: no per-element index division
+            for n in range(lo // L, (hi + L - 1) // L):
+                rb = n * L
+                base = (n * C + c) * L
+                for l_ in range(max(lo - rb, 0) + tid, min(hi - rb, L), T):
+                    dyv = acc_t(dy[base + l_])
+                    aw += dyv * (acc_t(x[base + l_]) - mu)
+                    ab += dyv
+        else:
+            for k_ in range(lo + tid, hi, T):
+                n = k_ // L
+                idx = (n * C + c) * L + k_ - n * L
+                dyv = acc_t(dy[idx])
+                aw += dyv * (acc_t(x[idx]) - mu)
+                ab += dyv
         aw = _group_sum(aw, sh, T, zero)
         ab = _group_sum(ab, sh, T, zero)
         if tid == 0:
@@ -592,11 +651,24 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
 
     @cuda.jit
     def channel_bwd_apply(dy, x, mean, k1, k2, k3, dx, n, C, L):
-        start = cuda.grid(1)
-        stride = cuda.gridsize(1)
-        for i in range(start, n, stride):
-            c = (i // L) % C
-            dx[i] = acc_t(dy[i]) * k1[c] - k2[c] - (acc_t(x[i]) - acc_t(mean[c])) * k3[c]
+        T = cuda.blockDim.x
+        if L >= T:  # 2-D grid as in channel_apply
+            for row in range(cuda.blockIdx.y, n // L, cuda.gridDim.y):
+                c = row % C
+                a1 = k1[c]
+                a2 = k2[c]
+                a3 = k3[c]
+                mu = acc_t(mean[c])
+                base = row * L
+                for l_ in range(cuda.blockIdx.x * T + cuda.threadIdx.x, L, T * cuda.gridDim.x):
+                    i = base + l_
+                    dx[i] = acc_t(dy[i]) * a1 - a2 - (acc_t(x[i]) - mu) * a3
+        else:
+            start = (cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x) * T + cuda.threadIdx.x
+            stride = T * cuda.gridDim.x * cuda.gridDim.y
+            for i in range(start, n, stride):
+                c = (i // L) % C
+                dx[i] = acc_t(dy[i]) * k1[c] - k2[c] - (acc_t(x[i]) - acc_t(mean[c])) * k3[c]
 
     for name, obj in list(locals().items()):
         if name not in ("k", "acc_t"):

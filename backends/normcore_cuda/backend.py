@@ -182,7 +182,7 @@ class CudaBackend(Backend):
         )
         x = self._flat(x3)
         y = self._empty(x.size, x3.dtype)
-        blocks, threads = k.elt_launch(x.size)
+        blocks, threads = k.channel_elt_launch(x.size, length)
         kk.channel_apply[blocks, threads](x, y, scale, shift, x.size, c, length)
         return y.reshape(x3.shape)
 
@@ -207,7 +207,7 @@ class CudaBackend(Backend):
             dw, db, k1, k2, k3,
         )
         dx = self._empty(x.size, x3.dtype)
-        blocks, threads = k.elt_launch(x.size)
+        blocks, threads = k.channel_elt_launch(x.size, length)
         kk.channel_bwd_apply[blocks, threads](dy, x, mean_f, k1, k2, k3, dx, x.size, c, length)
         return dx.reshape(x3.shape), dw, db
 
@@ -254,12 +254,15 @@ class CudaBackend(Backend):
         mean_f, var_f = self._flat(mean), self._flat(var)
         w, has_w = self._opt(weight, acc)
         dx = self._empty(x.size, x4.dtype)
-        blocks, threads, tpr, niter = k.row_launch(rows, m)
-        groups = blocks * (threads // tpr)
-        # LayerNorm-like views: each row group owns fixed columns -> fused partial dweight/dbias.
+        tpr = k.row_launch(rows, m)[2]
+        # LayerNorm-like views: each row group owns fixed columns -> fused partial dweight/dbias
+        # (stored in the statistics' precision: float32 partials of float32 input halve traffic).
         fuse = length == 1 and g == 1 and -(-m // tpr) <= k.LOCAL_COLS
+        blocks, threads, tpr, niter = k.row_launch(rows, m, fused=fuse)
+        groups = blocks * (threads // tpr)
         if fuse:
-            pw, pb = self._empty(groups * m, acc), self._empty(groups * m, acc)
+            sd = _stat_dtype(x4.dtype)
+            pw, pb = self._empty(groups * m, sd), self._empty(groups * m, sd)
         else:
             pw, pb = self._xp.zeros(1, acc), self._xp.zeros(1, acc)
         kk.group_backward[blocks, threads](
