@@ -196,3 +196,11 @@ def test_module_logs_construction_reason(caplog):
         layer(np.ones((2, 4), np.float32))
     assert "RMSNorm forward on backend 'numpy' (chosen at construction: use_backend() context)" \
         in caplog.text
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    code = cli.main(["--plain", "bench", "--quick", "--backend", BACKEND, "--layer", "rmsnorm",
+                     "--repeat", "1", "--no-torch", "--plot", str(path)])
+    assert code == 0 and path.stat().st_size > 0
