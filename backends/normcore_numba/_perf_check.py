@@ -9,7 +9,9 @@ Layers map to views: LayerNorm (R, K) -> (R, 1, K, 1) with weight (1, K); GroupN
 (N, C, H, W) -> (N, 32, C//32, H*W) with weight (32, C//32); InstanceNorm2d -> (N, C, 1, H*W);
 RMSNorm -> LayerNorm view with center=False; BatchNorm -> (N, C, H*W) with channel_moments +
 channel_normalize (training), channel_normalize (eval) and channel_normalize_backward.
-The "copy" floor is the faster of np.copyto (one thread) and a numba prange copy.
+The "copy" floor is the faster of np.copyto (one thread) and a numba prange copy into an
+existing array; "+alloc" is ``x.copy()`` (a fresh array, page faults included), the floor for
+any kernel that returns a new array. "x/copy" is the numba forward time over the copy floor.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main(argv=None):
     def bench(name, x, fwd_nb, bwd_nb, fwd_ref, bwd_ref, fwd_t, bwd_t):
         r = {"name": name}
         r["copy"] = copy_floor(x)
+        r["alloc"] = _best(lambda: x.copy(), reps)
         r["nb_f"] = _best(fwd_nb, reps)
         r["nb_b"] = _best(bwd_nb, reps) if bwd_nb else math.nan
         r["t_f"] = _best(fwd_t, reps)
@@ -266,7 +269,7 @@ def main(argv=None):
 
 def _header():
     return (
-        f"{'case':38s} {'copy':>7s} {'nb fwd':>7s} {'x/copy':>6s} {'torch':>7s} {'np':>8s}"
+        f"{'case':38s} {'copy':>7s} {'+alloc':>7s} {'nb fwd':>7s} {'x/copy':>6s} {'torch':>7s} {'np':>8s}"
         f" | {'nb bwd':>7s} {'torch':>7s} {'np':>8s} | {'spd f':>5s} {'spd b':>5s}"
     )
 
@@ -274,7 +277,7 @@ def _header():
 def _fmt(r):
     ms = 1e3
     return (
-        f"{r['name']:38s} {r['copy'] * ms:7.2f} {r['nb_f'] * ms:7.2f}"
+        f"{r['name']:38s} {r['copy'] * ms:7.2f} {r['alloc'] * ms:7.2f} {r['nb_f'] * ms:7.2f}"
         f" {r['nb_f'] / r['copy']:6.2f} {r['t_f'] * ms:7.2f} {r['np_f'] * ms:8.1f}"
         f" | {r['nb_b'] * ms:7.2f} {r['t_b'] * ms:7.2f} {r['np_b'] * ms:8.1f}"
         f" | {r['t_f'] / r['nb_f']:5.2f} {r['t_b'] / r['nb_b']:5.2f}"

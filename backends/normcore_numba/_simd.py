@@ -5,7 +5,7 @@ vectorizer never vectorizes a reduction, and numba runs without the SLP vectoriz
 (NUMBA_SLP_VECTORIZE=0), so hand-unrolled accumulators stay scalar too. A scalar float64 sum with
 a float32->float64 conversion runs at ~0.6 element/cycle: slower than memory. These intrinsics
 spell out the order themselves: ``VL`` independent lanes (``VL`` interleaved partial sums,
-``acc[j] += x[i + j]``), a fixed-order horizontal sum of the lanes, then the scalar tail. The
+``acc[j] += x[i + j]``), a fixed-order tree sum of the lanes, then the scalar tail. The
 order is fixed by the IR, not by the machine, so results are deterministic and identical on
 every CPU (LLVM splits a <16 x double> into whatever registers the target has).
 
@@ -24,6 +24,20 @@ from numba.extending import intrinsic
 
 VL = 16
 _F64 = ir.DoubleType()
+
+
+def _hsum(builder, v):
+    """Fixed-order tree sum of the lanes: add the upper half onto the lower half until one lane
+    is left (log2(VL) dependent vector adds instead of VL dependent scalar adds)."""
+    i32 = ir.IntType(32)
+    width = VL
+    while width > 1:
+        half = width // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half, width))))
+        v = builder.fadd(lo, hi)
+        width = half
+    return builder.extract_element(v, ir.Constant(i32, 0))
 
 
 def _codegen(mode):
@@ -75,14 +89,8 @@ def _codegen(mode):
             idx = builder.mul(loop.index, ir.Constant(n.type, VL))
             step(load_vec, kvec, idx, acc1, acc2)
 
-        s1 = cgutils.alloca_once_value(builder, ir.Constant(_F64, 0.0))
-        s2 = cgutils.alloca_once_value(builder, ir.Constant(_F64, 0.0))
-        v1 = builder.load(acc1)
-        v2 = builder.load(acc2)
-        for j in range(VL):
-            jj = ir.Constant(ir.IntType(32), j)
-            builder.store(builder.fadd(builder.load(s1), builder.extract_element(v1, jj)), s1)
-            builder.store(builder.fadd(builder.load(s2), builder.extract_element(v2, jj)), s2)
+        s1 = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(acc1)))
+        s2 = cgutils.alloca_once_value(builder, _hsum(builder, builder.load(acc2)))
         start = builder.mul(nvec, ir.Constant(n.type, VL))
         with cgutils.for_range_slice(builder, start, n, ir.Constant(n.type, 1)) as (i, _):
             step(load_one, k, i, s1, s2)
