@@ -7,10 +7,14 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test lint test-cudasim bench bench-history asv-check clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.toml \
+		examples/normcore-broken-backend/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[numba,dev]" "numba-cuda>=0.20"
+	@# The example plugin (and deliberately broken ones) install exactly as a third party's would.
+	$(BIN)/python -m pip install -q --no-deps -e examples/normcore-example-backend \
+		-e examples/normcore-broken-backend
 	@# torch is only a test oracle (golden vectors are stored); its absence skips those tests.
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch unavailable: torch-oracle tests will be skipped"
 	touch $(STAMP)
@@ -29,6 +33,7 @@ lint: setup
 # under Numba's CUDA simulator (no GPU needed).
 test: setup lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) asv-check
 	$(MAKE) test-cudasim
 
 test-cudasim: setup
@@ -36,4 +41,28 @@ test-cudasim: setup
 		$(BIN)/python -m pytest -q -p no:cacheprovider normcore/testing
 
 clean:
-	rm -rf $(VENV) .asv build *.egg-info
+	rm -rf $(VENV) .asv build *.egg-info examples/*/src/*.egg-info
+
+# ---------------------------------------------------------------- asv performance history
+# `make bench-history [HISTORY_N=10]`: run the asv suite (asv_bench/) on the last HISTORY_N commits
+# of main, each built in its own virtualenv under .asv/env, then publish the HTML to .asv/html
+# (`cd asv_bench && ../.venv/bin/asv preview` serves it). NORMCORE_ASV_QUICK=1: quick shapes only.
+HISTORY_N ?= 10
+ASV := $(CURDIR)/$(BIN)/asv
+ASV_CHECK_HOME := $(CURDIR)/.asv/check-home
+
+bench-history: setup
+	ASV=$(ASV) asv_bench/history.sh $(HISTORY_N)
+
+# CI: the benchmark suite imports and every benchmark runs once on the quick shapes, in this venv
+# (--python=same: nothing built, no network). asv run exits 2 when a benchmark fails; skipped cases
+# (no GPU) are fine. Machine info is generated non-interactively in a throw-away HOME.
+# ASV_CHECK_BENCH selects the float32 cases (and the start-up benchmarks) to keep the pass under
+# ~3 minutes on 2 cores; `make asv-check ASV_CHECK_BENCH=` runs float64 too.
+ASV_CHECK_BENCH ?= -b "'float32'\)$$" -b "^bench_startup\."
+asv-check: setup
+	mkdir -p $(ASV_CHECK_HOME)
+	cd asv_bench && HOME=$(ASV_CHECK_HOME) $(ASV) machine --yes > /dev/null
+	cd asv_bench && HOME=$(ASV_CHECK_HOME) $(ASV) check --python=same
+	cd asv_bench && HOME=$(ASV_CHECK_HOME) NORMCORE_ASV_QUICK=1 \
+		$(ASV) run --python=same --quick --dry-run --show-stderr $(ASV_CHECK_BENCH)

@@ -1,0 +1,1 @@
+"""normcore's airspeed velocity (asv) benchmark suite; see asv_bench/README.md."""
