@@ -146,7 +146,12 @@ def test_partial_backend_falls_back_only_when_asked(monkeypatch, clean_registry,
     assert "falling back" in caplog.text
     ref, _ = normcore.functional.dropout(x, 0.5, seed=1, backend="numpy")
     np.testing.assert_array_equal(y, ref)
+    from normcore.testing import verify
+    results = verify("partial", quick=True)
+    assert results and all(r.ok and not r.skipped for r in results)  # fallback covers the rest
     monkeypatch.setenv("NORMCORE_FALLBACK", "no")
+    skipped = [r for r in verify("partial", quick=True) if r.skipped]
+    assert skipped and all(r.ok for r in skipped)
     with pytest.raises(normcore.BackendError):
         normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
 
