@@ -26,9 +26,11 @@ Design (the way fast GPU normalization layers do it):
 * Dropout evaluates the splitmix64 hash in uint64 arithmetic in the kernel.
 
 Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``cuda.shfl_xor_sync`` does not exist, so
-the warp shuffle is emulated with a shared buffer and ``syncthreads`` (every kernel calls its
-reductions uniformly from all threads of a block, which this emulation requires), and the launch
-configuration uses small blocks so the Python-threaded simulator stays fast.
+the row-group reduction is emulated with a shared buffer and ``syncthreads``, evaluating the same
+butterflies in the same precision (every kernel calls its reductions uniformly from all threads
+of a block, which this emulation requires), and the launch configuration uses small blocks so
+the Python-threaded simulator stays fast. ``python -m normcore_cuda._typecheck`` checks that the
+GPU code (not run by the simulator) types and lowers for the CUDA target.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ if SIMULATOR:
 else:
     ROW_BLOCK = 256
     SHORT_ROW_MAX = 1024
-    LONG_ROW_THREADS = ((4096, 256), (8192, 512), (1 << 62, 1024))
+    # at most 512 threads a block: Numba kernels in float64 can exceed the 64 registers a
+    # thread that a 1024-thread block allows
+    LONG_ROW_THREADS = ((4096, 256), (1 << 62, 512))
     MAX_ROW_BLOCKS = 132 * 8
     #: fused group backward: about one wave (132 SMs x 1024 threads), which bounds the
     #: per-row-group dweight/dbias partials to ~8 % of the traffic of the kernel
@@ -130,30 +134,11 @@ def slabs(c: int, m: int) -> int:
 
 
 # ------------------------------------------------------------------ warp primitives
-if SIMULATOR:
-    _LANES = np.arange(WARP)
-
-    def _warp_sum(v):
-        """Simulator emulation of the butterfly below (``cuda.shfl_xor_sync`` does not exist in
-        the simulator): every thread of the block must call it. The lanes' values are exchanged
-        through a shared buffer and the exact same butterfly (same additions, same order, same
-        precision) is evaluated, so it returns what the hardware shuffles would, with two
-        ``syncthreads`` instead of ten."""
-        buf = cuda.shared.array(1024, np.float64)
-        tid = cuda.threadIdx.x
-        cuda.syncthreads()
-        buf[tid] = v
-        cuda.syncthreads()
-        w0 = tid - tid % WARP
-        vals = buf[w0 : w0 + WARP].astype(np.asarray(v).dtype)
-        for m in (16, 8, 4, 2, 1):
-            vals = vals + vals[_LANES ^ m]
-        return vals[tid % WARP]
-
-else:
+if not SIMULATOR:
 
     @cuda.jit(device=True)
     def _warp_sum(v):
+        """Butterfly sum over a warp: every lane gets the total (the same bits: + commutes)."""
         v += cuda.shfl_xor_sync(FULL_MASK, v, 16)
         v += cuda.shfl_xor_sync(FULL_MASK, v, 8)
         v += cuda.shfl_xor_sync(FULL_MASK, v, 4)
@@ -161,28 +146,55 @@ else:
         v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
         return v
 
+    @cuda.jit(device=True)
+    def _group_sum(v, sh, tpr, zero):
+        """Sum of ``v`` over the ``tpr`` threads of a row group; every thread gets the total.
 
-@cuda.jit(device=True)
-def _group_sum(v, sh, tpr, zero):
-    """Sum of ``v`` over the ``tpr`` threads of a row group; every thread gets the total.
+        ``tpr`` is 32 (a warp) or the block size (a multiple of 32, at most 1024). All threads
+        of the block call it. Fixed order, so results are deterministic.
+        """
+        v = _warp_sum(v)
+        if tpr > WARP:
+            tid = cuda.threadIdx.x
+            lane = tid % WARP
+            cuda.syncthreads()  # earlier readers of sh are done
+            if lane == 0:
+                sh[tid // WARP] = v
+            cuda.syncthreads()
+            t = zero
+            if lane < cuda.blockDim.x // WARP:
+                t = sh[lane]
+            v = _warp_sum(t)
+        return v
 
-    ``tpr`` is 32 (a warp) or the block size (a multiple of 32, at most 1024). All threads of the
-    block call it. The butterfly gives every lane the same bits (addition is commutative), and
-    the order is fixed, so results are deterministic.
-    """
-    v = _warp_sum(v)
-    if tpr > WARP:
+else:
+    # ``cuda.shfl_xor_sync`` does not exist in the simulator. This emulation of ``_group_sum``
+    # above exchanges the values through a shared buffer and evaluates the very same butterflies
+    # (same additions, order and precision), so it returns the bits the GPU code returns, with
+    # two ``syncthreads`` instead of up to twelve. Every thread of the block must call it, as
+    # on the GPU.
+    _LANES = np.arange(WARP)
+
+    def _butterfly(vals):
+        for m in (16, 8, 4, 2, 1):
+            vals = vals + vals[..., _LANES ^ m]
+        return vals
+
+    def _group_sum(v, sh, tpr, zero):
+        buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 values exactly
         tid = cuda.threadIdx.x
-        lane = tid % WARP
+        dt = np.asarray(zero).dtype
         cuda.syncthreads()
-        if lane == 0:
-            sh[tid // WARP] = v
+        buf[tid] = v
         cuda.syncthreads()
-        t = zero
-        if lane < cuda.blockDim.x // WARP:
-            t = sh[lane]
-        v = _warp_sum(t)
-    return v
+        if tpr == WARP:
+            w0 = tid - tid % WARP
+            return _butterfly(buf[w0 : w0 + WARP].astype(dt))[tid % WARP]
+        nt = cuda.blockDim.x
+        per_warp = _butterfly(buf[:nt].astype(dt).reshape(-1, WARP))[:, 0]
+        t = np.zeros(WARP, dt)
+        t[: per_warp.size] = per_warp
+        return _butterfly(t)[tid % WARP]
 
 
 _U = np.uint64
@@ -258,7 +270,6 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         gid = cuda.blockIdx.x * gpb + tid // tpr
         ngroups = cuda.gridDim.x * gpb
         lr = tid % tpr
-        inv_m = one / acc_t(M)
         for it in range(niter):
             r = gid + it * ngroups
             hi = M if r < R else 0
@@ -268,12 +279,12 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                 s = zero
                 for i in range(lr, hi, tpr):
                     s += acc_t(x[base + i])
-                mean = _group_sum(s, sh, tpr, zero) * inv_m
+                mean = _group_sum(s, sh, tpr, zero) / acc_t(M)
             q = zero
             for i in range(lr, hi, tpr):
                 dv = acc_t(x[base + i]) - mean
                 q += dv * dv
-            var = _group_sum(q, sh, tpr, zero) * inv_m
+            var = _group_sum(q, sh, tpr, zero) / acc_t(M)
             rstd = one / math.sqrt(var + eps)
             if r < R and lr == 0:
                 mean_o[r] = mean
@@ -426,7 +437,6 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         gid = cuda.blockIdx.x * gpb + tid // tpr
         ngroups = cuda.gridDim.x * gpb
         lr = tid % tpr
-        inv_k = one / acc_t(K)
         for it in range(niter):
             r = gid + it * ngroups
             hi = K if r < R else 0
@@ -434,7 +444,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
             s = zero
             for i in range(lr, hi, tpr):
                 s += acc_t(x[base + i])
-            mean = _group_sum(s, sh, tpr, zero) * inv_k
+            mean = _group_sum(s, sh, tpr, zero) / acc_t(K)
             q = zero
             for i in range(lr, hi, tpr):
                 dv = acc_t(x[base + i]) - mean
