@@ -13,6 +13,9 @@ is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) ro
 channels-last layout, units are split into one fixed contiguous block per thread, each block
 writes its own row of a (blocks, C) float64 partial array (no shared writes inside prange), and
 the partials are merged in block order afterwards (deterministic for a fixed thread count).
+Element-wise passes use the same blocks: a ``prange`` iteration costs far more than a loop
+iteration, and decoding a unit index takes integer divisions, so each block decodes its first
+unit once and then steps (chunk, c, n) like an odometer.
 
 Variance uses sums shifted by one sample of each channel (x[0, c, 0]): a one-pass, vectorizable
 scheme (no per-element Welford) with no cancellation when |mean| >> std.
@@ -29,146 +32,229 @@ from numba import njit, prange
 
 from ._common import KERNEL, dot2_centered, sums_shifted
 
-
 # ---------------------------------------------------------------- (N, C, L) layout
+# Units are (n, c, chunk of L) in C order; ``nchunk`` > 1 only when N*C is too small to keep
+# every thread busy. Each kernel walks its block's units with an odometer (no divisions).
+
+
 @njit(**KERNEL)
 def moments_ncl(x, k, nchunk, p1, p2):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * nchunk
     nblk = p1.shape[0]
+    units = n_ * c_ * nchunk
     for b in prange(nblk):
-        for u in range(b * units // nblk, (b + 1) * units // nblk):
-            row = u // nchunk
-            ch = u - row * nchunk
-            n = row // c_
-            c = row - n * c_
-            l0 = ch * l_ // nchunk
-            l1 = (ch + 1) * l_ // nchunk
+        u0 = b * units // nblk
+        u1 = (b + 1) * units // nblk
+        row = u0 // nchunk
+        ch = u0 - row * nchunk
+        n = row // c_
+        c = row - n * c_
+        for _ in range(u0, u1):
+            l0 = 0
+            l1 = l_
+            if nchunk > 1:  # integer divisions only when rows are really split
+                l0 = ch * l_ // nchunk
+                l1 = (ch + 1) * l_ // nchunk
             s1, s2 = sums_shifted(x[n, c, l0:l1], k[c])
             p1[b, c] += s1
             p2[b, c] += s2
+            ch += 1
+            if ch == nchunk:
+                ch = 0
+                c += 1
+                if c == c_:
+                    c = 0
+                    n += 1
 
 
 @njit(**KERNEL)
-def affine_ncl(x, scale, shift, y, nchunk):
+def affine_ncl(x, scale, shift, y, nchunk, nblk):
+    """y = x * scale[c] + shift[c]."""
     n_, c_, l_ = x.shape
     units = n_ * c_ * nchunk
-    for u in prange(units):
-        row = u // nchunk
-        ch = u - row * nchunk
+    for b in prange(nblk):
+        u0 = b * units // nblk
+        u1 = (b + 1) * units // nblk
+        row = u0 // nchunk
+        ch = u0 - row * nchunk
         n = row // c_
         c = row - n * c_
-        l0 = ch * l_ // nchunk
-        l1 = (ch + 1) * l_ // nchunk
-        a = scale[c]
-        s = shift[c]
-        # slice views so the loop index starts at 0: a provably non-negative index needs no
-        # wraparound fix-up, which is what lets LLVM vectorize the loop
-        xr = x[n, c, l0:l1]
-        yr = y[n, c, l0:l1]
-        for i in range(xr.shape[0]):
-            yr[i] = numba.float64(xr[i]) * a + s
+        for _ in range(u0, u1):
+            l0 = 0
+            l1 = l_
+            if nchunk > 1:  # integer divisions only when rows are really split
+                l0 = ch * l_ // nchunk
+                l1 = (ch + 1) * l_ // nchunk
+            a = scale[c]
+            s = shift[c]
+            # slice views so the loop index starts at 0: a provably non-negative index needs
+            # no wraparound fix-up, which is what lets LLVM vectorize the loop
+            xr = x[n, c, l0:l1]
+            yr = y[n, c, l0:l1]
+            for i in range(xr.shape[0]):
+                yr[i] = numba.float64(xr[i]) * a + s
+            ch += 1
+            if ch == nchunk:
+                ch = 0
+                c += 1
+                if c == c_:
+                    c = 0
+                    n += 1
 
 
 @njit(**KERNEL)
 def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * nchunk
     nblk = pb.shape[0]
+    units = n_ * c_ * nchunk
     for b in prange(nblk):
-        for u in range(b * units // nblk, (b + 1) * units // nblk):
-            row = u // nchunk
-            ch = u - row * nchunk
-            n = row // c_
-            c = row - n * c_
-            l0 = ch * l_ // nchunk
-            l1 = (ch + 1) * l_ // nchunk
+        u0 = b * units // nblk
+        u1 = (b + 1) * units // nblk
+        row = u0 // nchunk
+        ch = u0 - row * nchunk
+        n = row // c_
+        c = row - n * c_
+        for _ in range(u0, u1):
+            l0 = 0
+            l1 = l_
+            if nchunk > 1:  # integer divisions only when rows are really split
+                l0 = ch * l_ // nchunk
+                l1 = (ch + 1) * l_ // nchunk
             s1, s2 = dot2_centered(dy[n, c, l0:l1], x[n, c, l0:l1], mu[c])
             pb[b, c] += s1
             pw[b, c] += s2
+            ch += 1
+            if ch == nchunk:
+                ch = 0
+                c += 1
+                if c == c_:
+                    c = 0
+                    n += 1
 
 
 @njit(**KERNEL)
-def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk):
+def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c]."""
     n_, c_, l_ = x.shape
     units = n_ * c_ * nchunk
-    for u in prange(units):
-        row = u // nchunk
-        ch = u - row * nchunk
+    for b in prange(nblk):
+        u0 = b * units // nblk
+        u1 = (b + 1) * units // nblk
+        row = u0 // nchunk
+        ch = u0 - row * nchunk
         n = row // c_
         c = row - n * c_
-        l0 = ch * l_ // nchunk
-        l1 = (ch + 1) * l_ // nchunk
-        aa = a[c]
-        kk2 = k2[c]
-        kk3 = k3[c]
-        m = mu[c]
-        xr = x[n, c, l0:l1]
-        dyr = dy[n, c, l0:l1]
-        dxr = dx[n, c, l0:l1]
-        for i in range(xr.shape[0]):
-            dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
+        for _ in range(u0, u1):
+            l0 = 0
+            l1 = l_
+            if nchunk > 1:  # integer divisions only when rows are really split
+                l0 = ch * l_ // nchunk
+                l1 = (ch + 1) * l_ // nchunk
+            aa = a[c]
+            kk2 = k2[c]
+            kk3 = k3[c]
+            m = mu[c]
+            xr = x[n, c, l0:l1]
+            dyr = dy[n, c, l0:l1]
+            dxr = dx[n, c, l0:l1]
+            for i in range(xr.shape[0]):
+                dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
+            ch += 1
+            if ch == nchunk:
+                ch = 0
+                c += 1
+                if c == c_:
+                    c = 0
+                    n += 1
 
 
 # ---------------------------------------------------------------- channels-last: (N, L, C) view
+# Units are (n, l) rows of C channels; blocks walk them with an (l, n) odometer.
+
+
 @njit(**KERNEL)
 def moments_nlc(x, k, p1, p2):
     n_, l_, c_ = x.shape
-    rows = n_ * l_
     nblk = p1.shape[0]
+    rows = n_ * l_
     for b in prange(nblk):
-        # this block's own rows of the partials (no np.zeros / array expressions inside prange:
-        # numba would turn them into nested parfors, which multiplies compile time)
+        # this block's own rows of the partials (no np.zeros / array expressions inside
+        # prange: numba would turn them into nested parfors, which multiplies compile time)
         a1 = p1[b]
         a2 = p2[b]
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            n = r // l_
-            xr = x[n, r - n * l_]
+        r0 = b * rows // nblk
+        n = r0 // l_
+        l = r0 - n * l_
+        for _ in range(r0, (b + 1) * rows // nblk):
+            xr = x[n, l]
             for c in range(c_):
                 t = numba.float64(xr[c]) - k[c]
                 a1[c] += t
                 a2[c] += t * t
+            l += 1
+            if l == l_:
+                l = 0
+                n += 1
 
 
 @njit(**KERNEL)
-def affine_nlc(x, scale, shift, y):
+def affine_nlc(x, scale, shift, y, nblk):
     n_, l_, c_ = x.shape
-    for r in prange(n_ * l_):
-        n = r // l_
-        xr = x[n, r - n * l_]
-        yr = y[n, r - n * l_]
-        for c in range(c_):
-            yr[c] = numba.float64(xr[c]) * scale[c] + shift[c]
+    rows = n_ * l_
+    for b in prange(nblk):
+        r0 = b * rows // nblk
+        n = r0 // l_
+        l = r0 - n * l_
+        for _ in range(r0, (b + 1) * rows // nblk):
+            xr = x[n, l]
+            yr = y[n, l]
+            for c in range(c_):
+                yr[c] = numba.float64(xr[c]) * scale[c] + shift[c]
+            l += 1
+            if l == l_:
+                l = 0
+                n += 1
 
 
 @njit(**KERNEL)
 def bwd_reduce_nlc(dy, x, mu, pb, pw):
     n_, l_, c_ = x.shape
-    rows = n_ * l_
     nblk = pb.shape[0]
+    rows = n_ * l_
     for b in prange(nblk):
-        # this block's own rows of the partials (no np.zeros / array expressions inside prange:
-        # numba would turn them into nested parfors, which multiplies compile time)
         a1 = pb[b]
         a2 = pw[b]
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            n = r // l_
-            xr = x[n, r - n * l_]
-            dyr = dy[n, r - n * l_]
+        r0 = b * rows // nblk
+        n = r0 // l_
+        l = r0 - n * l_
+        for _ in range(r0, (b + 1) * rows // nblk):
+            xr = x[n, l]
+            dyr = dy[n, l]
             for c in range(c_):
                 t = numba.float64(dyr[c])
                 a1[c] += t
                 a2[c] += t * (numba.float64(xr[c]) - mu[c])
+            l += 1
+            if l == l_:
+                l = 0
+                n += 1
 
 
 @njit(**KERNEL)
-def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx):
+def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
     n_, l_, c_ = x.shape
-    for r in prange(n_ * l_):
-        n = r // l_
-        xr = x[n, r - n * l_]
-        dyr = dy[n, r - n * l_]
-        dxr = dx[n, r - n * l_]
-        for c in range(c_):
-            dxr[c] = a[c] * numba.float64(dyr[c]) - k2[c] * (numba.float64(xr[c]) - mu[c]) - k3[c]
+    rows = n_ * l_
+    for b in prange(nblk):
+        r0 = b * rows // nblk
+        n = r0 // l_
+        l = r0 - n * l_
+        for _ in range(r0, (b + 1) * rows // nblk):
+            xr = x[n, l]
+            dyr = dy[n, l]
+            dxr = dx[n, l]
+            for c in range(c_):
+                dxr[c] = a[c] * numba.float64(dyr[c]) - k2[c] * (numba.float64(xr[c]) - mu[c]) - k3[c]
+            l += 1
+            if l == l_:
+                l = 0
+                n += 1

@@ -142,11 +142,12 @@ class NumbaBackend(Backend):
         shift = _f64(shift)
         if _channels_last(x):
             yt = np.empty((n, l_, c), dtype=x.dtype)
-            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt)
+            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_))
             y = yt.transpose(0, 2, 1)
         else:
             y = np.empty((n, c, l_), dtype=x.dtype)
-            k.affine_ncl(x, scale, shift, y, _nchunk(n * c, l_))
+            nch = _nchunk(n * c, l_)
+            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch))
         return y.astype(orig) if y.dtype != orig else y
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
@@ -180,11 +181,11 @@ class NumbaBackend(Backend):
             k3 = np.zeros(c)
         if cl:
             dxt = np.empty((n, l_, c), dtype=x.dtype)
-            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt)
+            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_))
             dx = dxt.transpose(0, 2, 1)
         else:
             dx = np.empty((n, c, l_), dtype=x.dtype)
-            k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, _nchunk(n * c, l_))
+            k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nch, _blocks(n * c * nch))
         gd = orig if weight is None else np.asarray(weight).dtype
         if dx.dtype != orig:
             dx = dx.astype(orig)
