@@ -78,7 +78,10 @@ def bench_rownorm(cp, torch, be, report, repeat, gen, tdt, rows, k, center):
     def t_fwd():
         if center:
             return torch.nn.functional.layer_norm(xr, (k,), wr, br, EPS)
-        return torch.nn.functional.rms_norm(xr, (k,), wr, EPS)
+        if hasattr(torch.nn.functional, "rms_norm"):  # torch >= 2.4
+            return torch.nn.functional.rms_norm(xr, (k,), wr, EPS)
+        xf = xr.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(xr.dtype) * wr
 
     with torch.no_grad():
         t_torch_f = _timer(cp, t_fwd, repeat)

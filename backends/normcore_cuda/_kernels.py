@@ -52,7 +52,7 @@ except Exception:  # pragma: no cover
 FULL_MASK = 0xFFFFFFFF
 WARP = 32
 #: Most elements one thread accumulates dweight/dbias partials for in registers (group backward).
-LOCAL_COLS = 16
+LOCAL_COLS = 32
 
 # ------------------------------------------------------------------ launch configuration
 if SIMULATOR:
