@@ -66,13 +66,18 @@ class CudaBackend(Backend):
             return Availability(False, "numba-cuda is not installed (pip install numba-cuda)")
         if _simulator():
             return Availability(True, "running in Numba's CUDA simulator")
+        missing = []
         if importlib.util.find_spec("cupy") is None:
-            return Availability(False, "CuPy is not installed (pip install cupy-cuda12x)")
+            missing.append("CuPy is not installed (pip install cupy-cuda12x)")
         try:
-            if not cuda.is_available():
-                return Availability(False, "no CUDA device (or driver) found")
+            has_device = bool(cuda.is_available())
+            why = ""
         except Exception as exc:  # pragma: no cover
-            return Availability(False, f"no CUDA device (or driver) found: {exc}")
+            has_device, why = False, f": {exc}"
+        if not has_device:
+            missing.append("no CUDA device (or driver) found" + why)
+        if missing:
+            return Availability(False, "; ".join(missing))
         return Availability(True)
 
     def version(self) -> str:
