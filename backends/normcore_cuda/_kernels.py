@@ -134,16 +134,36 @@ def slabs(c: int, m: int) -> int:
 
 
 # ------------------------------------------------------------------ warp primitives
-if not SIMULATOR:
+#: In the simulator, run the GPU reduction code itself on an emulated ``shfl_xor_sync`` (slower;
+#: ``NORMCORE_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down.
+SIM_SHUFFLE = SIMULATOR and os.environ.get("NORMCORE_CUDASIM_SHUFFLE", "0") == "1"
+
+if not SIMULATOR or SIM_SHUFFLE:
+    if SIMULATOR:
+
+        def _shfl_xor(v, lanemask):
+            """Emulated ``cuda.shfl_xor_sync`` (all threads of the block must call it)."""
+            buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 exactly
+            tid = cuda.threadIdx.x
+            cuda.syncthreads()
+            buf[tid] = v
+            cuda.syncthreads()
+            return np.asarray(v).dtype.type(buf[tid ^ lanemask])
+
+    else:
+
+        @cuda.jit(device=True)
+        def _shfl_xor(v, lanemask):
+            return cuda.shfl_xor_sync(FULL_MASK, v, lanemask)
 
     @cuda.jit(device=True)
     def _warp_sum(v):
         """Butterfly sum over a warp: every lane gets the total (the same bits: + commutes)."""
-        v += cuda.shfl_xor_sync(FULL_MASK, v, 16)
-        v += cuda.shfl_xor_sync(FULL_MASK, v, 8)
-        v += cuda.shfl_xor_sync(FULL_MASK, v, 4)
-        v += cuda.shfl_xor_sync(FULL_MASK, v, 2)
-        v += cuda.shfl_xor_sync(FULL_MASK, v, 1)
+        v += _shfl_xor(v, 16)
+        v += _shfl_xor(v, 8)
+        v += _shfl_xor(v, 4)
+        v += _shfl_xor(v, 2)
+        v += _shfl_xor(v, 1)
         return v
 
     @cuda.jit(device=True)

@@ -5,7 +5,9 @@ Run (no GPU needed)::
     NUMBA_ENABLE_CUDASIM=1 python -m normcore_cuda._selfcheck
 
 Small shapes only: the simulator runs every CUDA thread as a Python thread. Exits non-zero on a
-mismatch. On a real GPU it runs the same checks on the device.
+mismatch. On a real GPU it runs the same checks on the device. With
+``NORMCORE_CUDASIM_SHUFFLE=1`` the simulator runs the GPU warp-shuffle reduction code itself on an
+emulated ``shfl_xor_sync`` (about twice as slow) instead of the fast emulation of the reduction.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def main() -> int:
     be = CudaBackend()
     av = be.is_available()
     print(f"backend {be.name}: available={bool(av)} {av.reason} version={be.version()}")
+    if av and getattr(be._k, "SIM_SHUFFLE", False):
+        print("simulator: GPU shuffle reductions on an emulated shfl_xor_sync")
     if not av:
         return 1
     rng = np.random.default_rng(0)
