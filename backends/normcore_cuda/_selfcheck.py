@@ -32,7 +32,8 @@ def _close(name, got, want, dtype, scale=None):
     got = np.asarray(got)
     want = np.asarray(want)
     if got.shape != want.shape or got.dtype != want.dtype:
-        _failures.append(f"{name}: shape/dtype {got.shape} {got.dtype} vs {want.shape} {want.dtype}")
+        _failures.append(
+            f"{name}: shape/dtype {got.shape} {got.dtype} vs {want.shape} {want.dtype}")
         return
     g, w = got.astype(np.float64), want.astype(np.float64)
     ref = np.max(np.abs(w)) if scale is None else scale

@@ -167,10 +167,10 @@ class CudaBackend(Backend):
         m = n * length
         s = k.slabs(c, m)
         ps, pq = self._empty(s * c, acc), self._empty(s * c, acc)
-        kk.channel_partials[(c, s), k.RED_BLOCK](x, n, c, length, s, ps, pq)
+        _launch(kk.channel_partials, (c, s), k.RED_BLOCK)(x, n, c, length, s, ps, pq)
         mean, var = self._empty(c, sd), self._empty(c, sd)
         eb = k.ELT_BLOCK
-        kk.channel_finish[self._blocks(c, eb), eb](x, ps, pq, s, c, length, m, mean, var)
+        _launch(kk.channel_finish, self._blocks(c, eb), eb)(x, ps, pq, s, c, length, m, mean, var)
         return mean, var
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
@@ -182,13 +182,13 @@ class CudaBackend(Backend):
         b, has_b = self._opt(bias, acc)
         scale, shift = self._empty(c, acc), self._empty(c, acc)
         eb = k.ELT_BLOCK
-        kk.channel_fold[self._blocks(c, eb), eb](
+        _launch(kk.channel_fold, self._blocks(c, eb), eb)(
             self._flat(mean), self._flat(var), w, b, acc(eps), has_w, has_b, c, scale, shift
         )
         x = self._flat(x3)
         y = self._empty(x.size, x3.dtype)
         blocks, threads = k.channel_elt_launch(x.size, length)
-        kk.channel_apply[blocks, threads](x, y, scale, shift, x.size, c, length)
+        _launch(kk.channel_apply, blocks, threads)(x, y, scale, shift, x.size, c, length)
         return y.reshape(x3.shape)
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
@@ -203,17 +203,21 @@ class CudaBackend(Backend):
         m = n * length
         s = k.slabs(c, m)
         pw, pb = self._empty(s * c, acc), self._empty(s * c, acc)
-        kk.channel_bwd_partials[(c, s), k.RED_BLOCK](dy, x, mean_f, n, c, length, s, pw, pb)
+        _launch(kk.channel_bwd_partials, (c, s), k.RED_BLOCK)(
+            dy, x, mean_f, n, c, length, s, pw, pb
+        )
         dw, db = self._empty(c, gd), self._empty(c, gd)
         k1, k2, k3 = (self._empty(c, acc) for _ in range(3))
         eb = k.ELT_BLOCK
-        kk.channel_bwd_finish[self._blocks(c, eb), eb](
+        _launch(kk.channel_bwd_finish, self._blocks(c, eb), eb)(
             pw, pb, s, c, m, mean_f, var_f, w, acc(eps), has_w, bool(batch_stats),
             dw, db, k1, k2, k3,
         )
         dx = self._empty(x.size, x3.dtype)
         blocks, threads = k.channel_elt_launch(x.size, length)
-        kk.channel_bwd_apply[blocks, threads](dy, x, mean_f, k1, k2, k3, dx, x.size, c, length)
+        _launch(kk.channel_bwd_apply, blocks, threads)(
+            dy, x, mean_f, k1, k2, k3, dx, x.size, c, length
+        )
         return dx.reshape(x3.shape), dw, db
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
@@ -223,7 +227,7 @@ class CudaBackend(Backend):
         out_m = self._empty(c, running_mean.dtype)
         out_v = self._empty(c, running_var.dtype)
         eb = k.ELT_BLOCK
-        k.running_update_kernel[self._blocks(c, eb), eb](
+        _launch(k.running_update_kernel, self._blocks(c, eb), eb)(
             self._flat(running_mean), self._flat(running_var), self._flat(mean),
             self._flat(var), nb, c, float(momentum), float(var_correction), out_m, out_v,
         )
@@ -242,7 +246,7 @@ class CudaBackend(Backend):
         y = self._empty(x.size, x4.dtype)
         mean, var = self._empty(rows, sd), self._empty(rows, sd)
         blocks, threads, tpr, niter = k.row_launch(rows, m)
-        kk.group_forward[blocks, threads](
+        _launch(kk.group_forward, blocks, threads)(
             x, w, b, y, mean, var, rows, m, length, d, g, acc(eps), has_w, has_b,
             bool(center), tpr, niter,
         )
@@ -270,20 +274,20 @@ class CudaBackend(Backend):
             pw, pb = self._empty(groups * m, sd), self._empty(groups * m, sd)
         else:
             pw, pb = self._xp.zeros(1, acc), self._xp.zeros(1, acc)
-        kk.group_backward[blocks, threads](
+        _launch(kk.group_backward, blocks, threads)(
             dy, x, mean_f, var_f, w, dx, pw, pb, rows, m, length, d, g, acc(eps), has_w,
             bool(center), fuse, tpr, niter,
         )
         if not fuse:
             s = k.slabs(c, n * length)
             pw, pb = self._empty(s * c, acc), self._empty(s * c, acc)
-            kk.group_wb_partials[(c, s), k.RED_BLOCK](
+            _launch(kk.group_wb_partials, (c, s), k.RED_BLOCK)(
                 dy, x, mean_f, var_f, n, c, length, d, g, acc(eps), bool(center), s, pw, pb
             )
             groups = s
         dw, db = self._empty(c, gd), self._empty(c, gd)
         eb = k.ELT_BLOCK
-        kk.column_sum[self._blocks(c, eb), eb](pw, pb, groups, c, dw, db)
+        _launch(kk.column_sum, self._blocks(c, eb), eb)(pw, pb, groups, c, dw, db)
         return dx.reshape(x4.shape), dw.reshape(g, d), db.reshape(g, d)
 
     # -------------------------------------------------------------- row view (R, K)
@@ -297,7 +301,7 @@ class CudaBackend(Backend):
         mean, denom = self._empty(r, sd), self._empty(r, sd)
         blocks, threads, tpr, niter = k.row_launch(r, kk_)
         with _quiet():
-            kk.rows_forward[blocks, threads](
+            _launch(kk.rows_forward, blocks, threads)(
                 x, y, mean, denom, r, kk_, acc(kk_ - ddof), acc(eps), bool(eps_in_root),
                 tpr, niter,
             )
@@ -312,7 +316,7 @@ class CudaBackend(Backend):
         dx = self._empty(x.size, x2.dtype)
         blocks, threads, tpr, niter = k.row_launch(r, kk_)
         with _quiet():
-            kk.rows_backward[blocks, threads](
+            _launch(kk.rows_backward, blocks, threads)(
                 dy, x, self._flat(mean), self._flat(denom), dx, r, kk_, acc(kk_ - ddof),
                 bool(eps_in_root), tpr, niter,
             )
@@ -325,11 +329,35 @@ class CudaBackend(Backend):
         y = self._empty(xf.size, x.dtype)
         blocks, threads = k.elt_launch(xf.size)
         with _quiet():  # uint64 wrap-around is intended (the simulator warns about it)
-            k.dropout_kernel[blocks, threads](
+            _launch(k.dropout_kernel, blocks, threads)(
                 xf, y, xf.size, np.uint64(int(seed) & ((1 << 64) - 1)),
                 np.uint64(dropout_threshold(p)), float(dropout_scale(p)),
             )
         return y.reshape(x.shape)
+
+
+def _launch(kern, grid, block):
+    """``kern[grid, block]`` as a function of the kernel arguments.
+
+    On a GPU, device arrays (CuPy arrays, anything with ``__cuda_array_interface__``) are handed
+    to Numba as device-array views with ``sync=False``: every launch and every CuPy operation of
+    this backend runs on the legacy default stream, so the stream synchronization Numba would
+    otherwise do for each exported array (CAI v3) would only add a host round trip per launch.
+    """
+    launcher = kern[grid, block]
+    if _simulator():
+        return launcher
+
+    def run(*args):
+        from numba import cuda
+
+        conv = [
+            cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a
+            for a in args
+        ]
+        return launcher(*conv)
+
+    return run
 
 
 class _quiet:
