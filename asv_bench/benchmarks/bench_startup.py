@@ -80,7 +80,10 @@ class NumbaWarmFirstCall(_FirstCall):
         _first_call(backend, layer, self.cache)  # compiles and writes the cache
 
     def teardown(self, backend: str, layer: str) -> None:
-        shutil.rmtree(self.cache, ignore_errors=True)
+        # asv_runner runs teardown after a skipped setup too: there may be no cache.
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
     def track_warm_first_call(self, backend: str, layer: str) -> float:
         return _first_call(backend, layer, self.cache)
