@@ -187,6 +187,28 @@ if not SIMULATOR or SIM_SHUFFLE:
             v = _warp_sum(t)
         return v
 
+    @cuda.jit(device=True)
+    def _group_sum2(a, b, sh, sh2, tpr, zero):
+        """:func:`_group_sum` of two values at once (one shared-memory round trip)."""
+        a = _warp_sum(a)
+        b = _warp_sum(b)
+        if tpr > WARP:
+            tid = cuda.threadIdx.x
+            lane = tid % WARP
+            cuda.syncthreads()
+            if lane == 0:
+                sh[tid // WARP] = a
+                sh2[tid // WARP] = b
+            cuda.syncthreads()
+            ta = zero
+            tb = zero
+            if lane < cuda.blockDim.x // WARP:
+                ta = sh[lane]
+                tb = sh2[lane]
+            a = _warp_sum(ta)
+            b = _warp_sum(tb)
+        return a, b
+
 else:
     # ``cuda.shfl_xor_sync`` does not exist in the simulator. This emulation of ``_group_sum``
     # above exchanges the values through a shared buffer and evaluates the very same butterflies
@@ -200,21 +222,35 @@ else:
             vals = vals + vals[..., _LANES ^ m]
         return vals
 
-    def _group_sum(v, sh, tpr, zero):
-        buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 values exactly
-        tid = cuda.threadIdx.x
-        dt = np.asarray(zero).dtype
-        cuda.syncthreads()
-        buf[tid] = v
-        cuda.syncthreads()
+    def _reduce_rows(vals, tid, tpr, dt):
+        """The GPU butterflies over ``vals`` (one value per thread of the block)."""
         if tpr == WARP:
             w0 = tid - tid % WARP
-            return _butterfly(buf[w0 : w0 + WARP].astype(dt))[tid % WARP]
-        nt = cuda.blockDim.x
-        per_warp = _butterfly(buf[:nt].astype(dt).reshape(-1, WARP))[:, 0]
+            return _butterfly(vals[w0 : w0 + WARP].astype(dt))[tid % WARP]
+        per_warp = _butterfly(vals.astype(dt).reshape(-1, WARP))[:, 0]
         t = np.zeros(WARP, dt)
         t[: per_warp.size] = per_warp
         return _butterfly(t)[tid % WARP]
+
+    def _group_sum(v, sh, tpr, zero):
+        buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 values exactly
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        cuda.syncthreads()
+        buf[tid] = v
+        cuda.syncthreads()
+        return _reduce_rows(buf[:nt], tid, tpr, np.asarray(zero).dtype)
+
+    def _group_sum2(a, b, sh, sh2, tpr, zero):
+        buf = cuda.shared.array((2, 1024), np.float64)
+        tid = cuda.threadIdx.x
+        nt = cuda.blockDim.x
+        dt = np.asarray(zero).dtype
+        cuda.syncthreads()
+        buf[0, tid] = a
+        buf[1, tid] = b
+        cuda.syncthreads()
+        return _reduce_rows(buf[0, :nt], tid, tpr, dt), _reduce_rows(buf[1, :nt], tid, tpr, dt)
 
 
 _U = np.uint64
@@ -324,6 +360,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     def group_backward(dy, x, mean, var, w, dx, pw, pb, R, M, L, D, G, eps, has_w, center,
                        fuse, tpr, niter):
         sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
         lw = cuda.local.array(LOCAL_COLS, acc_t)
         lb = cuda.local.array(LOCAL_COLS, acc_t)
         zero = acc_t(0.0)
@@ -359,11 +396,10 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                     gv = gv * acc_t(w[wb + i // L])
                 s1 += gv
                 s2 += gv * xh
-            s2 = _group_sum(s2, sh, tpr, zero)
+            s1, s2 = _group_sum2(s1, s2, sh, sh2, tpr, zero)
             c2 = s2 * inv_m
             c1 = zero
             if center:
-                s1 = _group_sum(s1, sh, tpr, zero)
                 c1 = s1 * inv_m
             j = 0
             for i in range(lr, hi, tpr):
@@ -402,6 +438,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     def group_wb_partials(dy, x, mean, var, N, C, L, D, G, eps, center, S, pw, pb):
         """Stage 1 of dweight/dbias of the group view seen as channels c = (g, d): block (c, s)."""
         sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
         c = cuda.blockIdx.x
@@ -440,8 +477,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                 dyv = acc_t(dy[idx])
                 aw += dyv * (acc_t(x[idx]) - mu) * rstd
                 ab += dyv
-        aw = _group_sum(aw, sh, T, zero)
-        ab = _group_sum(ab, sh, T, zero)
+        aw, ab = _group_sum2(aw, ab, sh, sh2, T, zero)
         if tid == 0:
             pw[s * C + c] = aw
             pb[s * C + c] = ab
@@ -484,6 +520,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     @cuda.jit
     def rows_backward(dy, x, mean, denom, dx, R, K, nd, eps_in_root, tpr, niter):
         sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
         tid = cuda.threadIdx.x
@@ -511,8 +548,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                 sdy += dyv
                 sdc += dyv * cv
                 scc += cv * cv
-            sdy = _group_sum(sdy, sh, tpr, zero)
-            sdc = _group_sum(sdc, sh, tpr, zero)
+            sdy, sdc = _group_sum2(sdy, sdc, sh, sh2, tpr, zero)
             coef = zero
             if eps_in_root:
                 coef = sdc / (nd * d * d * d)
@@ -532,6 +568,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     def channel_partials(x, N, C, L, S, ps, pq):
         """Stage 1 of channel moments: block (c, s) -> shifted sum and sum of squares."""
         sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         c = cuda.blockIdx.x
         s = cuda.blockIdx.y
@@ -558,8 +595,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                 v = acc_t(x[(n * C + c) * L + k_ - n * L]) - shift
                 a += v
                 q += v * v
-        a = _group_sum(a, sh, T, zero)
-        q = _group_sum(q, sh, T, zero)
+        a, q = _group_sum2(a, q, sh, sh2, T, zero)
         if tid == 0:
             ps[s * C + c] = a
             pq[s * C + c] = q
@@ -617,6 +653,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     def channel_bwd_partials(dy, x, mean, N, C, L, S, pw, pb):
         """Stage 1 of BatchNorm backward: block (c, s) -> sum(dy * (x - mean)) and sum(dy)."""
         sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         c = cuda.blockIdx.x
         s = cuda.blockIdx.y
@@ -644,8 +681,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
                 dyv = acc_t(dy[idx])
                 aw += dyv * (acc_t(x[idx]) - mu)
                 ab += dyv
-        aw = _group_sum(aw, sh, T, zero)
-        ab = _group_sum(ab, sh, T, zero)
+        aw, ab = _group_sum2(aw, ab, sh, sh2, T, zero)
         if tid == 0:
             pw[s * C + c] = aw
             pb[s * C + c] = ab
