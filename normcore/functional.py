@@ -104,26 +104,45 @@ def _reshape_param(backend: Backend, p: Array, shape: tuple[int, ...]) -> Array:
     return None if p is None else p.reshape(shape)
 
 
-# ---------------------------------------------------------------------- batch norm
+# ---------------------------------------------------------------------- per-channel norms
+def _channel_args(
+    op: str, layout: str, min_ndim: int, input: Array, weight: Array | None, bias: Array | None,
+    running_mean: Array | None, running_var: Array | None, momentum: float, eps: float,
+    backend: str | Backend | None,
+) -> tuple[Backend, Array, float, tuple[Array | None, ...]]:
+    """Validate the arguments BatchNorm and InstanceNorm share; return them on the backend."""
+    eps = check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    be, x = _prepare(input, backend)
+    if x.ndim < min_ndim:
+        raise ShapeError(f"{op} expects input of shape {layout}, got {x.ndim}D input of shape "
+                         f"{tuple(x.shape)}")
+    c = x.shape[1]
+    vectors = tuple(vector(v, be, c, what, x) for v, what in (
+        (weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),
+        (running_var, "running_var")))
+    if (vectors[2] is None) != (vectors[3] is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    return be, x, eps, vectors
+
+
+def _commit(update: RunningUpdate | None, running_mean: Array, running_var: Array) -> None:
+    """The functional API's torch semantics: running statistics are updated in place."""
+    if update is not None:
+        running_mean[...] = update.mean
+        running_var[...] = update.var
+
+
 def _batch_norm(
     input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
     bias: Array | None, training: bool, momentum: float, eps: float,
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
     """batch_norm without side effects: returns the running statistics to commit."""
-    eps = check_eps(eps)
-    check_momentum(momentum, allow_none=False)
-    be, x = _prepare(input, backend)
-    if x.ndim < 2:
-        raise ShapeError(f"batch_norm expects input of shape (N, C, *), got {x.ndim}D input "
-                         f"of shape {tuple(x.shape)}")
+    be, x, eps, (weight, bias, running_mean, running_var) = _channel_args(
+        "batch_norm", "(N, C, *)", 2, input, weight, bias, running_mean, running_var, momentum,
+        eps, backend)
     n_, c = x.shape[0], x.shape[1]
-    weight = vector(weight, be, c, "weight", x)
-    bias = vector(bias, be, c, "bias", x)
-    running_mean = vector(running_mean, be, c, "running_mean", x)
-    running_var = vector(running_var, be, c, "running_var", x)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be given or both be None")
     per_channel = numel(tuple(x.shape)) // c if c else 0
     if training and per_channel == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
@@ -172,9 +191,7 @@ def batch_norm(
     """
     y, saved, update = _batch_norm(input, running_mean, running_var, weight, bias, training,
                                    momentum, eps, backend)
-    if update is not None:
-        running_mean[...] = update.mean
-        running_var[...] = update.var
+    _commit(update, running_mean, running_var)
     return y, saved
 
 
@@ -184,20 +201,11 @@ def _instance_norm(
     bias: Array | None, use_input_stats: bool, momentum: float, eps: float,
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
-    eps = check_eps(eps)
-    check_momentum(momentum, allow_none=False)
-    be, x = _prepare(input, backend)
-    if x.ndim < 3:
-        raise ShapeError(f"instance_norm expects input of shape (N, C, *spatial), got {x.ndim}D "
-                         f"input of shape {tuple(x.shape)}")
+    be, x, eps, (weight, bias, running_mean, running_var) = _channel_args(
+        "instance_norm", "(N, C, *spatial)", 3, input, weight, bias, running_mean, running_var,
+        momentum, eps, backend)
     n_, c = x.shape[0], x.shape[1]
     spatial = numel(tuple(x.shape[2:]))
-    weight = vector(weight, be, c, "weight", x)
-    bias = vector(bias, be, c, "bias", x)
-    running_mean = vector(running_mean, be, c, "running_mean", x)
-    running_var = vector(running_var, be, c, "running_var", x)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must both be given or both be None")
     if use_input_stats and spatial == 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size "
                          f"{tuple(x.shape)}")
@@ -245,9 +253,7 @@ def instance_norm(
     """
     y, saved, update = _instance_norm(input, running_mean, running_var, weight, bias,
                                       use_input_stats, momentum, eps, backend)
-    if update is not None:
-        running_mean[...] = update.mean
-        running_var[...] = update.var
+    _commit(update, running_mean, running_var)
     return y, saved
 
 
