@@ -3,6 +3,7 @@ expected and what came."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -29,10 +30,15 @@ def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
     if dtype.kind != "f":
         raise DTypeError(f"{name} must have a floating dtype {_names(backend.dtypes)}, got {dtype} "
                          "(normcore does not cast silently)")
-    if dtype not in {np.dtype(d) for d in backend.dtypes}:
+    if dtype not in _dtype_set(tuple(backend.dtypes)):
         raise DTypeError(f"{name} dtype {dtype} is not supported by backend {backend.name!r}, "
                          f"which takes {_names(backend.dtypes)}")
     return x
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_set(dtypes: tuple[Any, ...]) -> frozenset[np.dtype]:
+    return frozenset(np.dtype(d) for d in dtypes)  # cached: this runs on every layer call
 
 
 def _names(dtypes: Any) -> str:
