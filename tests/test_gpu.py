@@ -57,8 +57,7 @@ def test_layers_on_device_match_the_reference(dtype):
         dx = gpu.backward(cupy.asarray(dy))
         assert_close(y.get(), ref(x), dtype, "forward")
         assert_close(dx.get(), ref.backward(dy), dtype, "backward")
-        assert_close(normcore.to_numpy(gpu.weight.grad), ref.weight.grad, dtype,
-                                      "weight.grad")
+        assert_close(normcore.to_numpy(gpu.weight.grad), ref.weight.grad, dtype, "weight.grad")
 
 
 @needs_gpu
