@@ -17,6 +17,8 @@ import numpy as np
 
 from normcore.backend import Availability, Backend, dropout_scale, dropout_threshold
 
+from ._pool import empty as _out
+
 _F64 = np.float64
 _MASK64 = (1 << 64) - 1
 
@@ -141,11 +143,11 @@ class NumbaBackend(Backend):
         scale = _f64(scale)
         shift = _f64(shift)
         if _channels_last(x):
-            yt = np.empty((n, l_, c), dtype=x.dtype)
+            yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_))
             y = yt.transpose(0, 2, 1)
         else:
-            y = np.empty((n, c, l_), dtype=x.dtype)
+            y = _out((n, c, l_), dtype=x.dtype)
             nch = _nchunk(n * c, l_)
             k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch))
         return y.astype(orig) if y.dtype != orig else y
@@ -180,11 +182,11 @@ class NumbaBackend(Backend):
             k2 = np.zeros(c)
             k3 = np.zeros(c)
         if cl:
-            dxt = np.empty((n, l_, c), dtype=x.dtype)
+            dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_))
             dx = dxt.transpose(0, 2, 1)
         else:
-            dx = np.empty((n, c, l_), dtype=x.dtype)
+            dx = _out((n, c, l_), dtype=x.dtype)
             k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nch, _blocks(n * c * nch))
         gd = orig if weight is None else np.asarray(weight).dtype
         if dx.dtype != orig:
@@ -209,7 +211,7 @@ class NumbaBackend(Backend):
         n, g, d, l_ = x.shape
         w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
         b = np.zeros((g, d)) if bias is None else _f64(bias).reshape(g, d)
-        y = np.empty(x.shape, dtype=x.dtype)
+        y = _out(x.shape, dtype=x.dtype)
         nblk = _blocks(n * g)
         if l_ == 1:
             mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk)
@@ -241,7 +243,7 @@ class NumbaBackend(Backend):
         w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
         mu = _f64(mean)
         vv = _f64(var)
-        dx = np.empty(x.shape, dtype=x.dtype)
+        dx = _out(x.shape, dtype=x.dtype)
         nblk = _blocks(n * g)
         if l_ == 1:
             pw, pb = _partials(nblk, g, d)
@@ -286,7 +288,7 @@ class NumbaBackend(Backend):
         k = _kernels("_rows")
         orig = np.asarray(x2).dtype
         x = _widen(x2)
-        y = np.empty(x.shape, dtype=x.dtype)
+        y = _out(x.shape, dtype=x.dtype)
         mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y)
         sd = _stat_dtype(orig)
         if y.dtype != orig:
@@ -298,7 +300,7 @@ class NumbaBackend(Backend):
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         dy = _widen(dy2)
-        dx = np.empty(x.shape, dtype=x.dtype)
+        dx = _out(x.shape, dtype=x.dtype)
         k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx)
         return dx.astype(orig) if dx.dtype != orig else dx
 
@@ -314,9 +316,9 @@ class NumbaBackend(Backend):
         if flat.dtype == np.float16:
             # computed and stored in float64, then rounded once to float16 (as the reference)
             flat = flat.astype(np.float32)
-            out = np.empty(flat.shape, dtype=_F64)
+            out = _out(flat.shape, dtype=_F64)
         else:
-            out = np.empty(flat.shape, dtype=flat.dtype)
+            out = _out(flat.shape, dtype=flat.dtype)
         k.dropout_flat(
             flat,
             np.uint64(seed & _MASK64),
