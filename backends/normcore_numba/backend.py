@@ -69,10 +69,21 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
+def _f64_or_none(a: Any) -> np.ndarray | None:
+    return None if a is None else _f64(a)
+
+
 def _channels_last(x3: np.ndarray) -> bool:
     """True when C varies fastest (e.g. an NHWC tensor viewed as (N, C, H*W))."""
     _, c, l_ = x3.shape
     return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
+
+
+def _short_rows(x3: np.ndarray) -> bool:
+    """Per-channel sums of short (N, C, L) rows go n-block by n-block (one tree sum per block and
+    channel, not per row) when there are enough n for every thread and rows are contiguous."""
+    n, _, l_ = x3.shape
+    return l_ <= 512 and n >= _num_threads() and (l_ < 2 or x3.strides[2] == x3.itemsize)
 
 
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
@@ -119,14 +130,16 @@ class NumbaBackend(Backend):
             shift = _f64(xt[0, 0, :])
             p1, p2 = _partials(_blocks(n * l_), c)
             k.moments_nlc(xt, shift, p1, p2)
+        elif _short_rows(x):
+            shift = _f64(x[0, :, 0])
+            p1, p2 = _partials(_blocks(n), c)
+            k.moments_ncl_rows(x, shift, p1, p2)
         else:
             shift = _f64(x[0, :, 0])
             nch = _nchunk(n * c, l_)
             p1, p2 = _partials(_blocks(n * c * nch), c)
             k.moments_ncl(x, shift, nch, p1, p2)
-        m1 = p1.sum(axis=0) / m
-        mean = shift + m1
-        var = np.maximum(p2.sum(axis=0) / m - m1 * m1, 0.0)
+        mean, var = k.merge_moments(p1, p2, shift, float(m))
         sd = _stat_dtype(orig)
         return mean.astype(sd), var.astype(sd)
 
@@ -135,13 +148,8 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
-        rstd = 1.0 / np.sqrt(_f64(var) + eps)
-        scale = rstd if weight is None else rstd * _f64(weight)
-        shift = -_f64(mean) * scale
-        if bias is not None:
-            shift = shift + _f64(bias)
-        scale = _f64(scale)
-        shift = _f64(shift)
+        scale, shift = k.fold_affine(_f64(mean), _f64(var), float(eps), _f64_or_none(weight),
+                                     _f64_or_none(bias))
         if _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_))
@@ -160,27 +168,21 @@ class NumbaBackend(Backend):
         n, c, l_ = x.shape
         m = n * l_
         mu = _f64(mean)
-        rstd = 1.0 / np.sqrt(_f64(var) + eps)
         cl = _channels_last(x)
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
             pb, pw = _partials(_blocks(n * l_), c)
             k.bwd_reduce_nlc(dyt, xt, mu, pb, pw)
+        elif _short_rows(x) and _short_rows(dy):
+            pb, pw = _partials(_blocks(n), c)
+            k.bwd_reduce_ncl_rows(dy, x, mu, pb, pw)
+            nch = _nchunk(n * c, l_)
         else:
             nch = _nchunk(n * c, l_)
             pb, pw = _partials(_blocks(n * c * nch), c)
             k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
-        dbias = pb.sum(axis=0)
-        sdx = pw.sum(axis=0)  # sum(dy * (x - mean))
-        dweight = sdx * rstd
-        w = np.ones(c) if weight is None else _f64(weight)
-        a = _f64(rstd * w)
-        if batch_stats:
-            k2 = _f64(rstd * rstd * rstd * w * sdx / m)
-            k3 = _f64(rstd * w * dbias / m)
-        else:
-            k2 = np.zeros(c)
-            k3 = np.zeros(c)
+        dweight, dbias, a, k2, k3 = k.backward_coefficients(
+            pb, pw, _f64(var), float(eps), _f64_or_none(weight), bool(batch_stats), float(m))
         if cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_))
@@ -194,14 +196,15 @@ class NumbaBackend(Backend):
         return dx, dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
-        # (B, C) averages of a few hundred numbers: NumPy is faster than a kernel launch.
-        batch_mean = np.asarray(mean, dtype=_F64).mean(axis=0)
-        batch_var = np.asarray(var, dtype=_F64).mean(axis=0) * var_correction
+        # O(C) work: one serial compiled call (no thread launch) instead of a dozen NumPy calls
         rm = np.asarray(running_mean)
         rv = np.asarray(running_var)
-        new_mean = (1.0 - momentum) * rm.astype(_F64) + momentum * batch_mean
-        new_var = (1.0 - momentum) * rv.astype(_F64) + momentum * batch_var
-        return new_mean.astype(rm.dtype), new_var.astype(rv.dtype)
+        new_mean = np.empty(rm.shape)
+        new_var = np.empty(rv.shape)
+        _kernels("_channel").running_update(_f64(rm), _f64(rv), _f64(mean), _f64(var),
+                                            float(momentum), float(var_correction), new_mean,
+                                            new_var)
+        return new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
 
     # -------------------------------------------------------------- group view (N, G, D, L)
     def group_normalize(self, x4, weight, bias, eps, center):
