@@ -103,4 +103,4 @@ def normalized_shape_tuple(shape: Any) -> tuple[int, ...]:
 
 
 def numel(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(d) for d in shape)

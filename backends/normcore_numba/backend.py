@@ -23,9 +23,15 @@ _F64 = np.float64
 _MASK64 = (1 << 64) - 1
 
 
+_MODULES: dict[str, Any] = {}
+
+
 def _kernels(name: str):
     """Import a kernel module on first use (it imports numba; compiling happens per kernel)."""
-    return importlib.import_module(f"normcore_numba.{name}")
+    mod = _MODULES.get(name)
+    if mod is None:
+        mod = _MODULES[name] = importlib.import_module(f"normcore_numba.{name}")
+    return mod
 
 
 def _num_threads() -> int:
@@ -34,14 +40,14 @@ def _num_threads() -> int:
     return numba.get_num_threads()
 
 
-def _blocks(units: int) -> int:
-    return max(1, min(int(units), _num_threads()))
+def _blocks(units: int, nt: int) -> int:
+    return max(1, min(int(units), nt))
 
 
-def _nchunk(rows: int, length: int) -> int:
+def _nchunk(rows: int, length: int, nt: int) -> int:
     """How many pieces each row of ``length`` elements is cut into so there are enough units of
     work for every thread (BatchNorm with tiny N*C and huge L)."""
-    want = 4 * _num_threads()
+    want = 4 * nt
     if rows >= want or length < 2:
         return 1
     return int(min(length, -(-want // rows)))
@@ -79,11 +85,11 @@ def _channels_last(x3: np.ndarray) -> bool:
     return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
 
 
-def _short_rows(x3: np.ndarray) -> bool:
+def _short_rows(x3: np.ndarray, nt: int) -> bool:
     """Per-channel sums of short (N, C, L) rows go n-block by n-block (one tree sum per block and
     channel, not per row) when there are enough n for every thread and rows are contiguous."""
     n, _, l_ = x3.shape
-    return l_ <= 512 and n >= _num_threads() and (l_ < 2 or x3.strides[2] == x3.itemsize)
+    return l_ <= 512 and n >= nt and (l_ < 2 or x3.strides[2] == x3.itemsize)
 
 
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
@@ -121,6 +127,7 @@ class NumbaBackend(Backend):
     # -------------------------------------------------------------- channel view (N, C, L)
     def channel_moments(self, x3):
         k = _kernels("_channel")
+        nt = _num_threads()
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
@@ -128,16 +135,16 @@ class NumbaBackend(Backend):
         if _channels_last(x):
             xt = x.transpose(0, 2, 1)
             shift = _f64(xt[0, 0, :])
-            p1, p2 = _partials(_blocks(n * l_), c)
+            p1, p2 = _partials(_blocks(n * l_, nt), c)
             k.moments_nlc(xt, shift, p1, p2)
-        elif _short_rows(x):
+        elif _short_rows(x, nt):
             shift = _f64(x[0, :, 0])
-            p1, p2 = _partials(_blocks(n), c)
+            p1, p2 = _partials(_blocks(n, nt), c)
             k.moments_ncl_rows(x, shift, p1, p2)
         else:
             shift = _f64(x[0, :, 0])
-            nch = _nchunk(n * c, l_)
-            p1, p2 = _partials(_blocks(n * c * nch), c)
+            nch = _nchunk(n * c, l_, nt)
+            p1, p2 = _partials(_blocks(n * c * nch, nt), c)
             k.moments_ncl(x, shift, nch, p1, p2)
         mean, var = k.merge_moments(p1, p2, shift, float(m))
         sd = _stat_dtype(orig)
@@ -145,6 +152,7 @@ class NumbaBackend(Backend):
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
         k = _kernels("_channel")
+        nt = _num_threads()
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
@@ -152,16 +160,17 @@ class NumbaBackend(Backend):
                                      _f64_or_none(bias))
         if _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
-            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_))
+            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_, nt))
             y = yt.transpose(0, 2, 1)
         else:
             y = _out((n, c, l_), dtype=x.dtype)
-            nch = _nchunk(n * c, l_)
-            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch))
+            nch = _nchunk(n * c, l_, nt)
+            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch, nt))
         return y.astype(orig) if y.dtype != orig else y
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
         k = _kernels("_channel")
+        nt = _num_threads()
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         dy = _widen(dy3)
@@ -171,25 +180,25 @@ class NumbaBackend(Backend):
         cl = _channels_last(x)
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
-            pb, pw = _partials(_blocks(n * l_), c)
+            pb, pw = _partials(_blocks(n * l_, nt), c)
             k.bwd_reduce_nlc(dyt, xt, mu, pb, pw)
-        elif _short_rows(x) and _short_rows(dy):
-            pb, pw = _partials(_blocks(n), c)
+        elif _short_rows(x, nt) and _short_rows(dy, nt):
+            pb, pw = _partials(_blocks(n, nt), c)
             k.bwd_reduce_ncl_rows(dy, x, mu, pb, pw)
-            nch = _nchunk(n * c, l_)
+            nch = _nchunk(n * c, l_, nt)
         else:
-            nch = _nchunk(n * c, l_)
-            pb, pw = _partials(_blocks(n * c * nch), c)
+            nch = _nchunk(n * c, l_, nt)
+            pb, pw = _partials(_blocks(n * c * nch, nt), c)
             k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
         dweight, dbias, a, k2, k3 = k.backward_coefficients(
             pb, pw, _f64(var), float(eps), _f64_or_none(weight), bool(batch_stats), float(m))
         if cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
-            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_))
+            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_, nt))
             dx = dxt.transpose(0, 2, 1)
         else:
             dx = _out((n, c, l_), dtype=x.dtype)
-            k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nch, _blocks(n * c * nch))
+            k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nch, _blocks(n * c * nch, nt))
         gd = orig if weight is None else np.asarray(weight).dtype
         if dx.dtype != orig:
             dx = dx.astype(orig)
@@ -209,13 +218,14 @@ class NumbaBackend(Backend):
     # -------------------------------------------------------------- group view (N, G, D, L)
     def group_normalize(self, x4, weight, bias, eps, center):
         k = _kernels("_group")
+        nt = _num_threads()
         orig = np.asarray(x4).dtype
         x = _widen(x4)
         n, g, d, l_ = x.shape
         w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
         b = np.zeros((g, d)) if bias is None else _f64(bias).reshape(g, d)
         y = _out(x.shape, dtype=x.dtype)
-        nblk = _blocks(n * g)
+        nblk = _blocks(n * g, nt)
         if l_ == 1:
             mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk)
         elif _flat_rows(x, l_):
@@ -239,6 +249,7 @@ class NumbaBackend(Backend):
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
         k = _kernels("_group")
+        nt = _num_threads()
         orig = np.asarray(x4).dtype
         x = _widen(x4)
         dy = _widen(dy4)
@@ -247,7 +258,7 @@ class NumbaBackend(Backend):
         mu = _f64(mean)
         vv = _f64(var)
         dx = _out(x.shape, dtype=x.dtype)
-        nblk = _blocks(n * g)
+        nblk = _blocks(n * g, nt)
         if l_ == 1:
             pw, pb = _partials(nblk, g, d)
             k.bwd3(
