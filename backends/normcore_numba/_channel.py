@@ -28,7 +28,6 @@ and the per-channel accumulators/scales are plain vectors (vectorizes without re
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba import njit, prange
 
 from ._common import HELPER, KERNEL, dot2_centered, rows_dot2_centered, rows_sums_shifted, sums_shifted
@@ -325,91 +324,3 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
             if l == l_:
                 l = 0
                 n += 1
-
-
-# ---------------------------------------------------------------- per-channel bookkeeping
-# Serial helpers for the O(C) work around the kernels: one compiled call instead of a dozen
-# small NumPy operations (each ~1 us), which is most of a small BatchNorm's time.
-
-
-@njit(**HELPER)
-def merge_moments(p1, p2, shift, m):
-    """Merge the (blocks, C) shifted sums in block order into float64 (mean, biased var)."""
-    nblk, c_ = p1.shape
-    mean = np.empty(c_)
-    var = np.empty(c_)
-    for c in range(c_):
-        s1 = 0.0
-        s2 = 0.0
-        for b in range(nblk):
-            s1 += p1[b, c]
-            s2 += p2[b, c]
-        m1 = s1 / m
-        mean[c] = shift[c] + m1
-        var[c] = max(s2 / m - m1 * m1, 0.0)
-    return mean, var
-
-
-@njit(**HELPER)
-def fold_affine(mean, var, eps, weight, bias):
-    """Per-channel scale = w / sqrt(var + eps) and shift = b - mean * scale (float64)."""
-    c_ = mean.shape[0]
-    scale = np.empty(c_)
-    shift = np.empty(c_)
-    for c in range(c_):
-        s = 1.0 / np.sqrt(numba.float64(var[c]) + eps)
-        if weight is not None:
-            s = s * numba.float64(weight[c])
-        scale[c] = s
-        t = -numba.float64(mean[c]) * s
-        if bias is not None:
-            t = t + numba.float64(bias[c])
-        shift[c] = t
-    return scale, shift
-
-
-@njit(**HELPER)
-def backward_coefficients(pb, pw, var, eps, weight, batch_stats, m):
-    """From the (blocks, C) partial sums of dy and dy * (x - mean): dweight, dbias and the
-    per-channel a, k2, k3 of dx = a * dy - k2 * (x - mean) - k3."""
-    nblk, c_ = pb.shape
-    dweight = np.empty(c_)
-    dbias = np.empty(c_)
-    a = np.empty(c_)
-    k2 = np.empty(c_)
-    k3 = np.empty(c_)
-    for c in range(c_):
-        sb = 0.0
-        sw = 0.0
-        for b in range(nblk):
-            sb += pb[b, c]
-            sw += pw[b, c]
-        rstd = 1.0 / np.sqrt(numba.float64(var[c]) + eps)
-        w = 1.0 if weight is None else numba.float64(weight[c])
-        dbias[c] = sb
-        dweight[c] = sw * rstd
-        a[c] = rstd * w
-        if batch_stats:
-            k2[c] = rstd * rstd * rstd * w * sw / m
-            k3[c] = rstd * w * sb / m
-        else:
-            k2[c] = 0.0
-            k3[c] = 0.0
-    return dweight, dbias, a, k2, k3
-
-
-@njit(**HELPER)
-def running_update(rm, rv, mean, var, momentum, correction, new_mean, new_var):
-    """new = (1 - momentum) * running + momentum * batch (the batch statistics being the mean of
-    the rows of ``mean``/``var``; the variance times ``correction``), rounded once."""
-    rows, c_ = mean.shape
-    for c in range(c_):
-        sm = 0.0
-        sv = 0.0
-        for r in range(rows):
-            sm += numba.float64(mean[r, c])
-            sv += numba.float64(var[r, c])
-        bm = sm / rows
-        bv = sv / rows * correction
-        new_mean[c] = (1.0 - momentum) * numba.float64(rm[c]) + momentum * bm
-        new_var[c] = (1.0 - momentum) * numba.float64(rv[c]) + momentum * bv

@@ -75,10 +75,6 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
-def _f64_or_none(a: Any) -> np.ndarray | None:
-    return None if a is None else _f64(a)
-
-
 def _channels_last(x3: np.ndarray) -> bool:
     """True when C varies fastest (e.g. an NHWC tensor viewed as (N, C, H*W))."""
     _, c, l_ = x3.shape
@@ -146,7 +142,9 @@ class NumbaBackend(Backend):
             nch = _nchunk(n * c, l_, nt)
             p1, p2 = _partials(_blocks(n * c * nch, nt), c)
             k.moments_ncl(x, shift, nch, p1, p2)
-        mean, var = k.merge_moments(p1, p2, shift, float(m))
+        m1 = p1.sum(axis=0) / m
+        mean = shift + m1
+        var = np.maximum(p2.sum(axis=0) / m - m1 * m1, 0.0)
         sd = _stat_dtype(orig)
         return mean.astype(sd), var.astype(sd)
 
@@ -156,8 +154,12 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
-        scale, shift = k.fold_affine(_f64(mean), _f64(var), float(eps), _f64_or_none(weight),
-                                     _f64_or_none(bias))
+        scale = 1.0 / np.sqrt(_f64(var) + eps)
+        if weight is not None:
+            scale *= _f64(weight)
+        shift = -_f64(mean) * scale
+        if bias is not None:
+            shift += _f64(bias)
         if _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_, nt))
@@ -190,8 +192,17 @@ class NumbaBackend(Backend):
             nch = _nchunk(n * c, l_, nt)
             pb, pw = _partials(_blocks(n * c * nch, nt), c)
             k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
-        dweight, dbias, a, k2, k3 = k.backward_coefficients(
-            pb, pw, _f64(var), float(eps), _f64_or_none(weight), bool(batch_stats), float(m))
+        dbias = pb.sum(axis=0)
+        sdx = pw.sum(axis=0)  # sum(dy * (x - mean))
+        rstd = 1.0 / np.sqrt(_f64(var) + eps)
+        dweight = sdx * rstd
+        w = np.ones(c) if weight is None else _f64(weight)
+        a = rstd * w
+        if batch_stats:
+            k2 = rstd * rstd * rstd * w * sdx / m
+            k3 = rstd * w * dbias / m
+        else:
+            k2 = k3 = np.zeros(c)
         if cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_, nt))
@@ -205,14 +216,15 @@ class NumbaBackend(Backend):
         return dx, dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
-        # O(C) work: one serial compiled call (no thread launch) instead of a dozen NumPy calls
+        # O(C) work: NumPy (a compiled helper saves ~5 us a call but costs compile time)
+        mean = np.asarray(mean, dtype=_F64)
+        var = np.asarray(var, dtype=_F64)
+        batch_mean = mean[0] if mean.shape[0] == 1 else mean.mean(axis=0)
+        batch_var = (var[0] if var.shape[0] == 1 else var.mean(axis=0)) * var_correction
         rm = np.asarray(running_mean)
         rv = np.asarray(running_var)
-        new_mean = np.empty(rm.shape)
-        new_var = np.empty(rv.shape)
-        _kernels("_channel").running_update(_f64(rm), _f64(rv), _f64(mean), _f64(var),
-                                            float(momentum), float(var_correction), new_mean,
-                                            new_var)
+        new_mean = (1.0 - momentum) * rm.astype(_F64) + momentum * batch_mean
+        new_var = (1.0 - momentum) * rv.astype(_F64) + momentum * batch_var
         return new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
 
     # -------------------------------------------------------------- group view (N, G, D, L)

@@ -167,6 +167,11 @@ def _layout(a: np.ndarray, layout: str) -> np.ndarray:
         view = big[tuple(slice(None, None, 2) for _ in a.shape)]
         view[...] = a
         return view
+    if layout == "outer_sliced":  # every other n and c, reversed n; the last axis contiguous
+        big = np.zeros((2 * a.shape[0], 2 * a.shape[1], *a.shape[2:]), dtype=a.dtype)
+        view = big[::-2, ::2]
+        view[...] = a
+        return view
     raise ValueError(layout)
 
 
@@ -321,7 +326,7 @@ def _reference_cases() -> list[Case]:
     gr = ("group_normalize", "group_normalize_backward")
     for dtype in ("float64", "float32", "float16"):
         for shape in ((1, 1, 2), (2, 3, 5), (7, 4, 13), (3, 17, 1), (1, 2, 31)):
-            for layout in ("contiguous", "channels_last", "sliced"):
+            for layout in ("contiguous", "channels_last", "sliced", "outer_sliced"):
                 for affine in (True, False):
                     cases.append(Case(
                         f"channel:{'x'.join(map(str, shape))}:{layout}:affine={affine}:{dtype}",
