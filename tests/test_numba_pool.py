@@ -109,3 +109,19 @@ def test_environment_variable_sets_the_limit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "NORMCORE_NUMBA_POOL_MB": "0"})
     assert out.stdout.split() == ["0", "True"]
+
+
+def test_empty_cache_releases_a_dropped_layer_output(rng):
+    if "numba" not in {b.name for b in normcore.list_backends() if b.available}:
+        pytest.skip("numba backend not available")
+    import normcore_numba
+
+    normcore_numba.empty_cache()
+    x = rng.standard_normal((1024, 512)).astype(np.float32)
+    y = normcore.LayerNorm(512, backend="numba")(x)
+    held = pool_module.POOL.pooled_bytes
+    assert held >= y.nbytes
+    assert normcore_numba.empty_cache() == 0  # y is alive: nothing idle to release
+    del y
+    assert normcore_numba.empty_cache() >= x.nbytes
+    assert pool_module.POOL.pooled_bytes <= held - x.nbytes

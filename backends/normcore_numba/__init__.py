@@ -11,3 +11,15 @@ INFO = {
     "priority": 20,
     "description": "Numba parallel CPU kernels (prange, float64 accumulation, on-disk cache)",
 }
+
+
+def empty_cache() -> int:
+    """Return the numba backend's idle output buffers to the allocator; the bytes released.
+
+    >>> import normcore_numba
+    >>> normcore_numba.empty_cache() >= 0
+    True
+    """
+    from ._pool import empty_cache as release
+
+    return release()
