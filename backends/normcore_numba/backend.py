@@ -168,7 +168,7 @@ class NumbaBackend(Backend):
             y = _out((n, c, l_), dtype=x.dtype)
             nch = _nchunk(n * c, l_, nt)
             k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch, nt))
-        return y.astype(orig) if y.dtype != orig else y
+        return y.astype(orig, copy=False)
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
         k = _kernels("_channel")
@@ -211,8 +211,7 @@ class NumbaBackend(Backend):
             dx = _out((n, c, l_), dtype=x.dtype)
             k.bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nch, _blocks(n * c * nch, nt))
         gd = orig if weight is None else np.asarray(weight).dtype
-        if dx.dtype != orig:
-            dx = dx.astype(orig)
+        dx = dx.astype(orig, copy=False)
         return dx, dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
@@ -255,8 +254,7 @@ class NumbaBackend(Backend):
         else:
             mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk)
         sd = _stat_dtype(orig)
-        if y.dtype != orig:
-            y = y.astype(orig)
+        y = y.astype(orig, copy=False)
         return y, mean.astype(sd), var.astype(sd)
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
@@ -305,8 +303,7 @@ class NumbaBackend(Backend):
             pw, pb = _partials(nblk, g, d)
             k.bwd4(dy, x, mu, vv, float(eps), w, bool(center), dx, pw, pb)
         gd = orig if weight is None else np.asarray(weight).dtype
-        if dx.dtype != orig:
-            dx = dx.astype(orig)
+        dx = dx.astype(orig, copy=False)
         return dx, pw.sum(axis=0).astype(gd), pb.sum(axis=0).astype(gd)
 
     # -------------------------------------------------------------- row view (R, K)
@@ -317,8 +314,7 @@ class NumbaBackend(Backend):
         y = _out(x.shape, dtype=x.dtype)
         mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y)
         sd = _stat_dtype(orig)
-        if y.dtype != orig:
-            y = y.astype(orig)
+        y = y.astype(orig, copy=False)
         return y, mean.astype(sd), denom.astype(sd)
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
@@ -328,7 +324,7 @@ class NumbaBackend(Backend):
         dy = _widen(dy2)
         dx = _out(x.shape, dtype=x.dtype)
         k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx)
-        return dx.astype(orig) if dx.dtype != orig else dx
+        return dx.astype(orig, copy=False)
 
     # -------------------------------------------------------------- dropout
     def dropout(self, x, p, seed):

@@ -3,7 +3,7 @@ decide them. Each case's contenders (a copy of the input, the numba layer, the t
 round-robin, a few calls each per round, so all of them see the same machine state; the report
 is the median over rounds of each one's best call and of its ratio to the copy of that round.
 
-Run with ``python -m normcore_numba._floor_check [--rounds 20] [--case LN ...]``. Numba follows
+Run with ``python tools/floor_check.py [--rounds 20] [--case LN ...]``. Numba follows
 NUMBA_NUM_THREADS; torch is pinned to the same count. Module API throughout (``layer(x)``,
 ``layer.backward(dy)``), float32. "copy" is the faster of np.copyto and a parallel numba copy
 into an existing array, per round.

@@ -1,7 +1,7 @@
 """Developer tool (not a test): time the Numba kernels against torch, the NumPy reference and a
 copy of the same array, at the kernel level, float32, in one process.
 
-Run with ``python -m normcore_numba._perf_check [--threads 2] [--quick]``. Torch is pinned to the
+Run with ``python tools/perf_check.py [--threads 2] [--quick]``. Torch is pinned to the
 same thread count (``torch.set_num_threads``); numba follows NUMBA_NUM_THREADS (this script
 never changes numba's thread settings, pass the variable in the environment).
 
@@ -58,9 +58,8 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
+    from normcore_numba.backend import NumbaBackend
     from normcore_numpy.backend import NumpyBackend
-
-    from .backend import NumbaBackend
 
     nt = args.threads or numba.get_num_threads()
     torch.set_num_threads(nt)
