@@ -11,8 +11,11 @@ Bandwidth accounting per element (s = itemsize, 4 for float32), the floor being 
 Per-channel sums are never parallelized over C alone (C can be 3 or 64 with huge N*L): the work
 is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) rows for the
 channels-last layout, units are split into one fixed contiguous block per thread, each block
-writes its own row of a (blocks, C) float64 partial array (no shared writes inside prange), and
-the partials are merged in block order afterwards (deterministic for a fixed thread count).
+writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes inside
+prange): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
+row pays no tree sum of its own. The partials are merged in block and lane order afterwards
+(deterministic for a fixed thread count). Short rows with enough N go n-block by n-block
+instead (``*_rows``: one channel's rows in one SIMD pass).
 Element-wise passes use the same blocks: a ``prange`` iteration costs far more than a loop
 iteration, and decoding a unit index takes integer divisions, so each block decodes its first
 unit once and then steps (chunk, c, n) like an odometer.
@@ -30,16 +33,38 @@ from __future__ import annotations
 import numba
 from numba import njit, prange
 
-from ._common import HELPER, KERNEL, dot2_centered, rows_dot2_centered, rows_sums_shifted, sums_shifted
+from ._common import (
+    HELPER,
+    KERNEL,
+    acc_dot2_centered,
+    acc_sums_shifted,
+    affine_row,
+    lane_shift,
+    rows_dot2_centered,
+    rows_sums_shifted,
+)
+from ._simd import FOLD  # noqa: F401  (re-exported: the backend sizes the partials with it)
 
 # ---------------------------------------------------------------- (N, C, L) layout
 # Units are (n, c, chunk of L) in C order; ``nchunk`` > 1 only when N*C is too small to keep
 # every thread busy. Each kernel walks its block's units with an odometer (no divisions).
 
 
+@njit(inline="always", **HELPER)
+def _piece(x, n, c, ch, nchunk):
+    """Unit (n, c, ch)'s piece of row x[n, c]: the whole row unless rows are split (whole rows
+    skip the slice arithmetic, which costs as much as a short row's work)."""
+    if nchunk == 1:
+        return x[n, c]
+    l_ = x.shape[2]
+    return x[n, c, ch * l_ // nchunk:(ch + 1) * l_ // nchunk]
+
+
 @njit(**KERNEL)
 def moments_ncl(x, k, nchunk, p1, p2):
-    n_, c_, l_ = x.shape
+    """Per-channel shifted sums into p1, p2 of shape (blocks, C, FOLD): each row adds its lanes
+    onto its channel's lanes (no tree sum per row); the caller sums blocks and lanes."""
+    n_, c_, _ = x.shape
     nblk = p1.shape[0]
     units = n_ * c_ * nchunk
     for b in prange(nblk):
@@ -49,15 +74,10 @@ def moments_ncl(x, k, nchunk, p1, p2):
         ch = u0 - row * nchunk
         n = row // c_
         c = row - n * c_
+        a1 = p1[b]
+        a2 = p2[b]
         for _ in range(u0, u1):
-            l0 = 0
-            l1 = l_
-            if nchunk > 1:  # integer divisions only when rows are really split
-                l0 = ch * l_ // nchunk
-                l1 = (ch + 1) * l_ // nchunk
-            s1, s2 = sums_shifted(x[n, c, l0:l1], k[c])
-            p1[b, c] += s1
-            p2[b, c] += s2
+            acc_sums_shifted(_piece(x, n, c, ch, nchunk), k[c], a1[c], a2[c])
             ch += 1
             if ch == nchunk:
                 ch = 0
@@ -85,7 +105,7 @@ def moments_ncl_rows(x, k, p1, p2):
 @njit(**KERNEL)
 def affine_ncl(x, scale, shift, y, nchunk, nblk):
     """y = x * scale[c] + shift[c]."""
-    n_, c_, l_ = x.shape
+    n_, c_, _ = x.shape
     units = n_ * c_ * nchunk
     for b in prange(nblk):
         u0 = b * units // nblk
@@ -95,19 +115,7 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk):
         n = row // c_
         c = row - n * c_
         for _ in range(u0, u1):
-            l0 = 0
-            l1 = l_
-            if nchunk > 1:  # integer divisions only when rows are really split
-                l0 = ch * l_ // nchunk
-                l1 = (ch + 1) * l_ // nchunk
-            a = scale[c]
-            s = shift[c]
-            # slice views so the loop index starts at 0: a provably non-negative index needs
-            # no wraparound fix-up, which is what lets LLVM vectorize the loop
-            xr = x[n, c, l0:l1]
-            yr = y[n, c, l0:l1]
-            for i in range(xr.shape[0]):
-                yr[i] = numba.float64(xr[i]) * a + s
+            affine_row(_piece(x, n, c, ch, nchunk), _piece(y, n, c, ch, nchunk), scale[c], shift[c])
             ch += 1
             if ch == nchunk:
                 ch = 0
@@ -119,7 +127,9 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk):
 
 @njit(**KERNEL)
 def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
-    n_, c_, l_ = x.shape
+    """Per-channel (sum(dy), sum(dy * (x - mu))) into pb, pw of shape (blocks, C, FOLD), as
+    moments_ncl; the second computed about lane_shift(x, mu) (see acc_dot2_centered)."""
+    n_, c_, _ = x.shape
     nblk = pb.shape[0]
     units = n_ * c_ * nchunk
     for b in prange(nblk):
@@ -129,15 +139,10 @@ def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
         ch = u0 - row * nchunk
         n = row // c_
         c = row - n * c_
+        a1 = pb[b]
+        a2 = pw[b]
         for _ in range(u0, u1):
-            l0 = 0
-            l1 = l_
-            if nchunk > 1:  # integer divisions only when rows are really split
-                l0 = ch * l_ // nchunk
-                l1 = (ch + 1) * l_ // nchunk
-            s1, s2 = dot2_centered(dy[n, c, l0:l1], x[n, c, l0:l1], mu[c])
-            pb[b, c] += s1
-            pw[b, c] += s2
+            acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
             ch += 1
             if ch == nchunk:
                 ch = 0
@@ -145,6 +150,10 @@ def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
                 if c == c_:
                     c = 0
                     n += 1
+        for c in range(c_):  # move the second sums from lane_shift onto mu (linear in sum(dy))
+            d = lane_shift(dy, x, mu[c]) - mu[c]
+            if d != 0.0:
+                a2[c, 0] += d * a1[c].sum()
 
 
 @njit(**KERNEL)
@@ -164,7 +173,7 @@ def bwd_reduce_ncl_rows(dy, x, mu, pb, pw):
 @njit(**KERNEL)
 def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c]."""
-    n_, c_, l_ = x.shape
+    n_, c_, _ = x.shape
     units = n_ * c_ * nchunk
     for b in prange(nblk):
         u0 = b * units // nblk
@@ -174,18 +183,13 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
         n = row // c_
         c = row - n * c_
         for _ in range(u0, u1):
-            l0 = 0
-            l1 = l_
-            if nchunk > 1:  # integer divisions only when rows are really split
-                l0 = ch * l_ // nchunk
-                l1 = (ch + 1) * l_ // nchunk
             aa = a[c]
             kk2 = k2[c]
             kk3 = k3[c]
             m = mu[c]
-            xr = x[n, c, l0:l1]
-            dyr = dy[n, c, l0:l1]
-            dxr = dx[n, c, l0:l1]
+            xr = _piece(x, n, c, ch, nchunk)
+            dyr = _piece(dy, n, c, ch, nchunk)
+            dxr = _piece(dx, n, c, ch, nchunk)
             for i in range(xr.shape[0]):
                 dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
             ch += 1

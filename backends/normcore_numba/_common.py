@@ -1,9 +1,12 @@
 """Shared jit options and small reduction helpers used by every kernel module.
 
 The reductions work on 1-D views and are resolved at compile time on the view's layout: a
-contiguous ('C') view uses the explicit-SIMD intrinsics of ``_simd`` (16 float64 lanes, fixed
-order); any other layout uses a scalar loop with four independent float64 accumulators (fixed
-order too). Both are deterministic; they are compiled into the parallel kernel that calls them.
+contiguous ('C') view uses the explicit-SIMD intrinsics of ``_simd`` (float64 lanes, or short
+float32 blocks flushed into float64 lanes for float32 input; fixed order); any other layout uses
+a scalar loop with four independent float64 accumulators (fixed order too). Both are
+deterministic; they are compiled into the parallel kernel that calls them. The helpers called
+once per (possibly short) row are inlined (``inline="always"``): a call per 64-element row costs
+as much as the row; the long-row ones are not (inlining them made LayerNorm slower).
 
 Note for developers: numba's on-disk cache is keyed on the kernel's own source file, so after
 editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels that inline it.
@@ -15,7 +18,8 @@ import numba
 from numba import njit
 from numba.extending import overload
 
-from ._simd import vred0, vred1, vred2
+from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
+from ._vmap import vaffine
 
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
@@ -199,3 +203,76 @@ def _ov_rows_sums(v2, k):
 @overload(rows_dot2_centered, jit_options=HELPER)
 def _ov_rows_dot2(dy2, x2, mu):
     return lambda dy2, x2, mu: vred1(x2, dy2, x2, mu)
+
+
+def affine_row(x, y, a, s):
+    """y[i] = float64(x[i]) * a + s, rounded once (jit-only; dispatches on layout)."""
+    raise NotImplementedError
+
+
+@njit(**HELPER)
+def _affine_row_scalar(x, y, a, s):
+    for i in range(x.shape[0]):
+        y[i] = numba.float64(x[i]) * a + s
+
+
+@overload(affine_row, jit_options=HELPER, inline="always")
+def _ov_affine_row(x, y, a, s):
+    if _contig(x, y):
+        return lambda x, y, a, s: vaffine(x, y, a, s)
+    return lambda x, y, a, s: _affine_row_scalar(x, y, a, s)
+
+
+def acc_sums_shifted(v, k, a1, a2):
+    """a1, a2 (float64 vectors of FOLD lanes) += the lanes of sums_shifted(v, k) (jit-only).
+
+    Short of a tree sum per call, for many short rows that add into one total: the caller sums
+    the lanes once at the end. ``k`` must be exactly representable in v's dtype (the float32
+    lanes use it rounded; callers pass a sample of the data)."""
+    raise NotImplementedError
+
+
+def acc_dot2_centered(dy, x, mu, a1, a2):
+    """a1, a2 += the lanes of dot2_centered(dy, x, mu), computed with ``lane_shift(dy, x, mu)``
+    in place of ``mu`` (jit-only): the caller adds (lane_shift - mu) * sum(dy) once at the end."""
+    raise NotImplementedError
+
+
+@overload(acc_sums_shifted, jit_options=HELPER, inline="always")
+def _ov_acc_sums(v, k, a1, a2):
+    if _contig(v):
+        return lambda v, k, a1, a2: vacc0(v, v, v, k, a1, a2)
+
+    def scalar(v, k, a1, a2):
+        s1, s2 = _sums_shifted_scalar(v, k)
+        a1[0] += s1
+        a2[0] += s2
+
+    return scalar
+
+
+@overload(acc_dot2_centered, jit_options=HELPER, inline="always")
+def _ov_acc_dot2(dy, x, mu, a1, a2):
+    if _contig(dy, x):
+        return lambda dy, x, mu, a1, a2: vacc1(x, dy, x, mu, a1, a2)
+
+    def scalar(dy, x, mu, a1, a2):
+        # the same shift as the SIMD path, so the caller's correction holds for every layout
+        s1, s2 = _dot2_scalar(dy, x, lane_shift(dy, x, mu))
+        a1[0] += s1
+        a2[0] += s2
+
+    return scalar
+
+
+def lane_shift(dy, x, k):
+    """The shift acc_dot2_centered uses: k rounded to float32 where dy and x are summed in
+    float32 lanes, k itself otherwise (jit-only)."""
+    raise NotImplementedError
+
+
+@overload(lane_shift, jit_options=HELPER, inline="always")
+def _ov_lane_shift(dy, x, k):
+    if narrow_lanes(x, dy):
+        return lambda dy, x, k: numba.float64(numba.float32(k))
+    return lambda dy, x, k: k

@@ -59,6 +59,12 @@ def _partials(nblk: int, *shape: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nblk, *shape)), np.zeros((nblk, *shape))
 
 
+def _merge(p: np.ndarray) -> np.ndarray:
+    """Per-channel totals of (blocks, C) or (blocks, C, lanes) partials, in a fixed order."""
+    p = p.sum(axis=0)
+    return p.sum(axis=1) if p.ndim == 2 else p
+
+
 def _widen(x: np.ndarray) -> np.ndarray:
     """float16 is computed in float32; other supported dtypes go in as they are."""
     x = np.asarray(x)
@@ -140,11 +146,11 @@ class NumbaBackend(Backend):
         else:
             shift = _f64(x[0, :, 0])
             nch = _nchunk(n * c, l_, nt)
-            p1, p2 = _partials(_blocks(n * c * nch, nt), c)
+            p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             k.moments_ncl(x, shift, nch, p1, p2)
-        m1 = p1.sum(axis=0) / m
+        m1 = _merge(p1) / m
         mean = shift + m1
-        var = np.maximum(p2.sum(axis=0) / m - m1 * m1, 0.0)
+        var = np.maximum(_merge(p2) / m - m1 * m1, 0.0)
         sd = _stat_dtype(orig)
         return mean.astype(sd), var.astype(sd)
 
@@ -190,10 +196,10 @@ class NumbaBackend(Backend):
             nch = _nchunk(n * c, l_, nt)
         else:
             nch = _nchunk(n * c, l_, nt)
-            pb, pw = _partials(_blocks(n * c * nch, nt), c)
+            pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
-        dbias = pb.sum(axis=0)
-        sdx = pw.sum(axis=0)  # sum(dy * (x - mean))
+        dbias = _merge(pb)
+        sdx = _merge(pw)  # sum(dy * (x - mean))
         rstd = 1.0 / np.sqrt(_f64(var) + eps)
         dweight = sdx * rstd
         w = np.ones(c) if weight is None else _f64(weight)

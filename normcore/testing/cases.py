@@ -307,6 +307,29 @@ def _precision_case(kind: str, backend: Backend) -> None:
                              "use two passes")
 
 
+def _precision_backward_case(layout: str, backend: Backend) -> None:
+    """BatchNorm backward of float32 data with mean 1e4 and a mean-1 dy: dweight and dx within
+    1e-3 (relative to their largest entry) of the float64 reference on the same values. Catches
+    sums centred on a rounded mean (an error of ulp(1e4) * sum(dy), which is large here)."""
+    ref = normcore.get_backend(REFERENCE)
+    rng = _rng("precision-backward", layout)
+    x32 = rng.normal(1e4, 1.0, size=(4, 3, 4099)).astype(np.float32)
+    dy32 = rng.normal(1.0, 1.0, size=x32.shape).astype(np.float32)
+    mean, var = ref.channel_moments(x32)  # float32 statistics, as the forward saves them
+    want = ref.channel_normalize_backward(dy32.astype(np.float64), x32.astype(np.float64),
+                                          mean.astype(np.float64), var.astype(np.float64), 1e-5,
+                                          None, True)
+    got = _k(backend, "channel_normalize_backward")(
+        _to(backend, _layout(dy32, layout)), _to(backend, _layout(x32, layout)), _to(backend, mean),
+        _to(backend, var), 1e-5, None, True)
+    for name, a, e in zip(("dx", "dweight", "dbias"), got, want, strict=True):
+        a = normcore.to_numpy(a).astype(np.float64)
+        err = np.abs(a - e).max() / np.abs(e).max()
+        if err > 1e-3:
+            raise AssertionError(f"channel_normalize_backward {name} of float32 data with mean 1e4 "
+                                 f"({layout}) is off by {err:.2e} of its largest entry (limit 1e-3)")
+
+
 def _constant_case(backend: Backend) -> None:
     """A constant input normalizes to exact zeros (plus bias), never NaN."""
     x = np.full((3, 4, 5), 7.25, dtype=np.float32)
@@ -366,6 +389,10 @@ def _reference_cases() -> list[Case]:
                       ("channel_moments",), big=True))
     cases.append(Case("precision:group", functools.partial(_precision_case, "group"),
                       ("group_normalize",), big=True))
+    for layout in ("contiguous", "sliced", "channels_last"):
+        cases.append(Case(f"precision-backward:{layout}",
+                          functools.partial(_precision_backward_case, layout),
+                          ("channel_normalize_backward",), big=True))
     cases.append(Case("constant-input", _constant_case, ch[:2] + gr[:1]))
     return cases
 
