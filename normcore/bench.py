@@ -2,9 +2,11 @@
 
 This module measures; it prints nothing (``normcore bench`` in :mod:`normcore.cli` renders).
 Every timing goes through the module API (``layer(x)``, ``layer.backward(dy)``) after warm-up
-calls, so JIT compilation is excluded; the reported time is the median of the repeats. Memory
-traffic is counted as 2x the bytes of x for a forward (read x, write y) and 3x for a backward
-(read x and dy, write dx), and compared with the time of a plain copy of the same array.
+calls, so JIT compilation is excluded. Within a case every column (the backends, torch) and a
+plain copy of the same array run round-robin, so all of them see the same machine state; the
+reported time is the median over rounds and every ratio (of copy, vs numpy, vs torch) is the
+median of the per-round ratios. Memory traffic is counted as 2x the bytes of x for a forward
+(read x, write y) and 3x for a backward (read x and dy, write dx).
 
 >>> from normcore import bench
 >>> cases = bench.default_cases(layers=["layernorm"], quick=True)
@@ -66,8 +68,9 @@ _QUICK_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "rmsnorm": [(256, 256)],
 }
 
-#: Seconds of timed work to aim for per measurement: slow backends on big shapes get fewer
-#: repeats (never fewer than ``_MIN_REPEATS``), fast ones up to ``repeat``.
+#: Seconds of timed work to aim for per timer in a case: a case whose round is slow (the NumPy
+#: reference on big shapes) gets fewer rounds (never fewer than ``_MIN_REPEATS``), fast ones up
+#: to ``repeat``.
 _TIME_BUDGET = 0.4
 _MIN_REPEATS = 3
 
@@ -234,6 +237,26 @@ def _make_torch_layer(case: BenchCase) -> Any:
 
 
 # ---------------------------------------------------------------------- timing
+@dataclass
+class _Timer:
+    """One thing timed round-robin with the others: ``fn`` after an untimed ``setup``."""
+
+    fn: Callable[[], Any]
+    setup: Callable[[], Any] | None = None
+    calls: int = 1  # timed calls per round; the round keeps the fastest
+    rounds: list[float] = field(default_factory=list)  # seconds, one per round
+
+    def once(self) -> float:
+        if self.setup is not None:
+            self.setup()
+        t0 = time.perf_counter()
+        _sync(self.fn())
+        return time.perf_counter() - t0
+
+    def round(self) -> None:
+        self.rounds.append(min(self.once() for _ in range(self.calls)))
+
+
 def _sync(arr: Any) -> None:
     """Wait for device work behind ``arr`` (no-op for NumPy arrays)."""
     if isinstance(arr, np.ndarray) or arr is None:
@@ -250,64 +273,38 @@ def _sync(arr: Any) -> None:
             cuda.synchronize()
 
 
-def _median_time(fn: Callable[[], Any], setup: Callable[[], Any] | None, repeat: int,
-                 first: float) -> tuple[float, int]:
-    """Median seconds of ``fn`` over an adaptive number of repeats (``setup`` runs untimed)."""
-    n = max(_MIN_REPEATS, min(repeat, int(_TIME_BUDGET / max(first, 1e-6))))
-    times = []
-    for _ in range(n):
-        if setup is not None:
-            setup()
-        t0 = time.perf_counter()
-        _sync(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), n
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    _sync(fn())
-    return time.perf_counter() - t0
-
-
-def _measure_normcore(case: BenchCase, backend: str, x_host: np.ndarray, dy_host: np.ndarray,
-                      repeat: int) -> dict[str, tuple[float, int]]:
+def _normcore_timers(case: BenchCase, backend: str, x_host: np.ndarray,
+                     dy_host: np.ndarray) -> dict[str, _Timer]:
+    """Timers for one backend's passes (plus its own device copy for a device backend)."""
     layer = _make_layer(case, backend)
     be = layer.backend
     x, dy = be.asarray(x_host), be.asarray(dy_host)
-    out: dict[str, tuple[float, int]] = {}
     backward = "backward" in case.passes
     # Warm-up: compiles JIT kernels (twice, so caches and allocators settle).
     for _ in range(2):
-        y = layer(x)
-        _sync(y)
+        _sync(layer(x))
         if backward:
             _sync(layer.backward(dy))
-    first = _timed(lambda: layer(x))
-    out["forward"] = _median_time(lambda: layer(x), None, repeat, first)
+    timers = {"forward": _Timer(lambda: layer(x))}
     if backward:
-        layer(x)
-        first = _timed(lambda: layer.backward(dy))
-        out["backward"] = _median_time(lambda: layer.backward(dy), lambda: _sync(layer(x)),
-                                       repeat, first)
+        timers["backward"] = _Timer(lambda: layer.backward(dy), setup=lambda: _sync(layer(x)))
     if not isinstance(x, np.ndarray):  # a device backend: compare with a copy on its device
         with contextlib.suppress(Exception):
-            out["copy"] = (_device_copy_time(x, repeat), 0)
-    return out
+            timers["copy"] = _device_copy_timer(x)
+    return timers
 
 
-def _device_copy_time(x: Any, repeat: int) -> float:
-    """Fastest repeat of a device-to-device copy of ``x`` (CuPy arrays or CUDA array interface)."""
+def _device_copy_timer(x: Any) -> _Timer:
+    """A device-to-device copy of ``x`` (CuPy arrays or CUDA array interface)."""
     import cupy
 
     src = cupy.asarray(x)
     dst = cupy.empty_like(src)
     cupy.copyto(dst, src)
-    return min(_timed(lambda: (cupy.copyto(dst, src), dst)[1]) for _ in range(repeat))
+    return _Timer(lambda: (cupy.copyto(dst, src), dst)[1])
 
 
-def _measure_torch(case: BenchCase, x_host: np.ndarray, dy_host: np.ndarray,
-                   repeat: int) -> dict[str, tuple[float, int]]:
+def _torch_timers(case: BenchCase, x_host: np.ndarray, dy_host: np.ndarray) -> dict[str, _Timer]:
     import torch
 
     layer = _make_torch_layer(case)
@@ -315,7 +312,6 @@ def _measure_torch(case: BenchCase, x_host: np.ndarray, dy_host: np.ndarray,
     x = torch.from_numpy(x_host).requires_grad_(backward)
     dy = torch.from_numpy(dy_host)
     params = [p for p in layer.parameters() if p.requires_grad]
-    out: dict[str, tuple[float, int]] = {}
     state: dict[str, Any] = {}
 
     def forward() -> None:
@@ -336,11 +332,10 @@ def _measure_torch(case: BenchCase, x_host: np.ndarray, dy_host: np.ndarray,
         if backward:
             setup()
             grad()
-    out["forward"] = _median_time(forward, None, repeat, _timed(forward))
+    timers = {"forward": _Timer(forward)}
     if backward:
-        setup()
-        out["backward"] = _median_time(grad, setup, repeat, _timed(grad))
-    return out
+        timers["backward"] = _Timer(grad, setup=setup)
+    return timers
 
 
 _copy_kernel: Any = None
@@ -360,23 +355,18 @@ def _numba_copy() -> Any:
     return _copy_kernel
 
 
-def copy_time(x: np.ndarray, repeat: int = 10) -> float:
-    """Seconds to copy ``x`` once: the fastest repeat of the best of ``np.copyto`` and a parallel
-    Numba loop (on Numba's thread count)."""
+def _copy_timers(x: np.ndarray) -> list[_Timer]:
+    """``np.copyto`` and, with Numba, a parallel loop on Numba's threads: each round's copy time
+    is the faster of the two."""
     dst = np.empty_like(x)
-    best = []
-    fns: list[Callable[[], Any]] = [lambda: np.copyto(dst, x)]
+    timers = [_Timer(lambda: np.copyto(dst, x))]
     if importlib.util.find_spec("numba") is not None:
         with contextlib.suppress(Exception):
             kernel = _numba_copy()
             flat_src, flat_dst = x.reshape(-1), dst.reshape(-1)
             kernel(flat_dst, flat_src)  # compile
-            fns.append(lambda: kernel(flat_dst, flat_src))
-    for fn in fns:
-        fn()
-        # The fastest repeat, not the median: this is the ceiling the layers are compared with.
-        best.append(min(_timed(fn) for _ in range(repeat)))
-    return min(best)
+            timers.append(_Timer(lambda: kernel(flat_dst, flat_src)))
+    return timers
 
 
 # ---------------------------------------------------------------------- the run
@@ -392,13 +382,41 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _run_rounds(timers: dict[str, dict[str, _Timer]], copies: list[_Timer], repeat: int,
+                errors: dict[str, str]) -> int:
+    """Time every timer round-robin so that every column sees the same machine state (on a
+    shared host memory bandwidth drifts by 2x within a minute: timing one column after another
+    turns that drift into false ratios). Returns the number of rounds."""
+    everything = copies + [t for group in timers.values() for t in group.values()]
+    firsts = []
+    for t in everything:  # one untimed-for-the-report call: sizes the rounds
+        first = t.once()
+        t.calls = 3 if first < 2e-3 else 1  # fast ones: best of 3 dodges a stray interrupt
+        firsts.append(first * t.calls)
+    budget = _TIME_BUDGET * len(everything)
+    rounds = max(_MIN_REPEATS, min(repeat, int(budget / max(sum(firsts), 1e-6))))
+    for _ in range(rounds):
+        for t in copies:
+            t.round()
+        for col, group in list(timers.items()):
+            try:
+                for t in group.values():
+                    t.round()
+            except Exception as exc:  # one failing column must not end the benchmark
+                errors[col] = f"{type(exc).__name__}: {exc}"
+                del timers[col]
+    return rounds
+
+
 def run(cases: Sequence[BenchCase], backends: Sequence[str], repeat: int = 10,
         use_torch: bool = True,
         progress: Callable[[str], None] | None = None) -> BenchReport:
     """Measure every case on every backend (plus the numpy reference, and torch when importable).
 
-    ``progress(description)`` is called once after each (case, column) measurement; the number of
-    calls is ``len(cases) * len(columns(backends, use_torch))``.
+    Within a case every column and the copy run round-robin, ``repeat`` rounds at most (fewer
+    when a round is slow); times are medians over rounds and every ratio is the median of the
+    per-round ratios. ``progress(description)`` is called once per (case, column): the number
+    of calls is ``len(cases) * len(columns(backends, use_torch))``.
     """
     cols = columns(backends, use_torch)
     report = BenchReport(environment=environment())
@@ -408,19 +426,27 @@ def run(cases: Sequence[BenchCase], backends: Sequence[str], repeat: int = 10,
         for case in cases:
             x = rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype)
             dy = rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype)
-            copy_s = copy_time(x)
-            report.copy_ms[case.label] = copy_s * 1e3
-            copy_gbs = 2 * case.nbytes / copy_s / 1e9  # device backends bring their own
-            timings: dict[str, dict[str, tuple[float, int]] | str] = {}
+            copies = _copy_timers(x)
+            timers: dict[str, dict[str, _Timer]] = {}
+            errors: dict[str, str] = {}
             for col in cols:
                 try:
-                    timings[col] = (_measure_torch(case, x, dy, repeat) if col == TORCH
-                                    else _measure_normcore(case, col, x, dy, repeat))
-                except Exception as exc:  # one failing column must not end the benchmark
-                    timings[col] = f"{type(exc).__name__}: {exc}"
+                    timers[col] = (_torch_timers(case, x, dy) if col == TORCH
+                                   else _normcore_timers(case, col, x, dy))
+                except Exception as exc:
+                    errors[col] = f"{type(exc).__name__}: {exc}"
+            _run_rounds(timers, copies, repeat, errors)
+            host_copy = [min(r) for r in zip(*(t.rounds for t in copies), strict=True)]
+            report.copy_ms[case.label] = statistics.median(host_copy) * 1e3
+            timings: dict[str, Any] = dict(errors)
+            for col, group in timers.items():
+                timings[col] = {name: t.rounds for name, t in group.items()}
                 if progress is not None:
                     progress(f"{case.label} on {col}")
-            report.rows.extend(_rows(case, cols, timings, copy_gbs))
+            for _ in errors:
+                if progress is not None:
+                    progress(f"{case.label} failed")
+            report.rows.extend(_rows(case, cols, timings, host_copy))
     return report
 
 
@@ -432,32 +458,40 @@ def columns(backends: Sequence[str], use_torch: bool = True) -> list[str]:
     return cols
 
 
+def _median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
+    """Median over rounds of num/den (both measured in the same round)."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
 def _rows(case: BenchCase, cols: list[str], timings: dict[str, Any],
-          copy_gbs: float) -> list[BenchRow]:
+          copy_rounds: Sequence[float]) -> list[BenchRow]:
+    """Rows from per-round seconds: ``timings[col]`` maps a pass (and "copy" for a device
+    backend's own copy) to its rounds, or is an error string; ``copy_rounds`` is the host copy's."""
     rows = []
     for pass_ in case.passes:
         traffic = (2 if pass_ == "forward" else 3) * case.nbytes
 
-        def ms_of(col: str, pass_: str = pass_) -> float | None:
+        def rounds_of(col: str, pass_: str = pass_) -> Sequence[float] | None:
             t = timings.get(col)
-            return t[pass_][0] * 1e3 if isinstance(t, dict) and pass_ in t else None
+            return t[pass_] if isinstance(t, dict) and pass_ in t else None
 
-        ref_ms, torch_ms = ms_of(REFERENCE), ms_of(TORCH)
+        ref, torch_rounds = rounds_of(REFERENCE), rounds_of(TORCH)
         for col in cols:
             t = timings[col]
             row = BenchRow(LAYERS[case.layer], case.shape, case.dtype, col, pass_)
             if isinstance(t, str):
                 row.error = t
             else:
-                row.ms, row.repeats = t[pass_][0] * 1e3, t[pass_][1]
+                mine = t[pass_]
+                row.ms, row.repeats = statistics.median(mine) * 1e3, len(mine)
                 row.gbs = traffic / (row.ms * 1e-3) / 1e9
-                own_copy = t.get("copy")
-                reference_gbs = 2 * case.nbytes / own_copy[0] / 1e9 if own_copy else copy_gbs
-                row.copy_fraction = row.gbs / reference_gbs
-                if ref_ms is not None:
-                    row.speedup_reference = ref_ms / row.ms
-                if torch_ms is not None:
-                    row.speedup_torch = torch_ms / row.ms
+                # GB/s over the copy's GB/s, per round: (traffic / t) / (2 * bytes / copy)
+                copy = t.get("copy", copy_rounds)
+                row.copy_fraction = _median_ratio(copy, mine) * traffic / (2 * case.nbytes)
+                if ref is not None:
+                    row.speedup_reference = _median_ratio(ref, mine)
+                if torch_rounds is not None:
+                    row.speedup_torch = _median_ratio(torch_rounds, mine)
             rows.append(row)
     return rows
 

@@ -194,7 +194,7 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     cols = bench.columns(names, use_torch=not args.no_torch)
     threads = bench.thread_count()
     out.print(f"normcore bench: {len(cases)} cases x {len(cols)} columns ({', '.join(cols)}), "
-              f"{threads} threads, median of up to {repeat} repeats after warm-up")
+              f"{threads} threads, median of up to {repeat} round-robin rounds after warm-up")
     with out.progress(len(cases) * len(cols), "bench") as bar:
         report = bench.run(cases, names, repeat=repeat, use_torch=not args.no_torch,
                            progress=bar.advance)
@@ -209,7 +209,8 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
                      _fmt(None if r.copy_fraction is None else 100 * r.copy_fraction, ".0f", "%"),
                      _fmt(r.speedup_reference, ".2f", "x"), _fmt(r.speedup_torch, ".2f", "x")])
     out.table(f"normcore bench ({threads} threads; GB/s counts 2x bytes of x forward, 3x backward;"
-              f" copy = best of np.copyto and a parallel copy)",
+              f" copy = the faster of np.copyto and a parallel copy; ratios are medians of per-round"
+              f" ratios, every column timed round-robin)",
               ["layer", "shape", "dtype", "pass", "backend", "ms", "GB/s", "of copy",
                f"vs {bench.REFERENCE}", "vs torch"], rows, right=(5, 6, 7, 8, 9))
     errors = [r for r in report.rows if r.error]

@@ -139,11 +139,32 @@ def test_bench_default_grid_matches_the_issue():
 def test_bench_counts_bytes():
     case = bench.BenchCase("layernorm", (4, 8), "float32")
     assert case.nbytes == 4 * 8 * 4
-    rows = bench._rows(case, ["numpy"], {"numpy": {"forward": (1e-3, 3), "backward": (1e-3, 3)}},
-                       copy_gbs=1.0)
+    # per-round seconds: the layer takes 1 ms every round, the copy 0.5 ms then 2 ms then 1 ms
+    rows = bench._rows(case, ["numpy"], {"numpy": {"forward": [1e-3] * 3, "backward": [1e-3] * 3}},
+                       copy_rounds=[0.5e-3, 2e-3, 1e-3])
     fwd, bwd = rows
     assert fwd.gbs == pytest.approx(2 * case.nbytes / 1e-3 / 1e9)
     assert bwd.gbs == pytest.approx(3 * case.nbytes / 1e-3 / 1e9)
+    assert fwd.repeats == 3
+    # "of copy" is the median of per-round ratios: copy/layer = 0.5, 2, 1 -> 1 (x 3/2 backward)
+    assert fwd.copy_fraction == pytest.approx(1.0) and bwd.copy_fraction == pytest.approx(1.5)
+
+
+def test_bench_ratios_are_per_round():
+    """A drift that slows every column in a round does not change the ratios."""
+    case = bench.BenchCase("rmsnorm", (4, 8), "float32")
+    slow = [1.0, 3.0, 2.0]  # the machine's speed in each round
+    timings = {"numpy": {"forward": [10e-3 * f for f in slow], "backward": [30e-3 * f for f in slow]},
+               "torch": {"forward": [4e-3 * f for f in slow], "backward": [6e-3 * f for f in slow]},
+               "fast": {"forward": [2e-3 * f for f in slow], "backward": [3e-3 * f for f in slow]}}
+    rows = bench._rows(case, ["numpy", "fast", "torch"], timings,
+                       copy_rounds=[1e-3 * f for f in slow])
+    fast = {r.pass_: r for r in rows if r.backend == "fast"}
+    assert fast["forward"].speedup_torch == pytest.approx(2.0)
+    assert fast["forward"].speedup_reference == pytest.approx(5.0)
+    assert fast["backward"].speedup_torch == pytest.approx(2.0)
+    assert fast["forward"].copy_fraction == pytest.approx(0.5)
+    assert fast["forward"].ms == pytest.approx(4.0)  # the median round: 2 ms x 2
 
 
 def test_python_dash_m_and_no_command():
