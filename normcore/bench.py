@@ -389,18 +389,21 @@ def _run_rounds(timers: dict[str, dict[str, _Timer]], copies: list[_Timer], repe
     turns that drift into false ratios). Returns the number of rounds."""
     everything = copies + [t for group in timers.values() for t in group.values()]
     firsts = []
-    for t in everything:  # one untimed-for-the-report call: sizes the rounds
+    for t in everything:  # one call each, not reported: sizes the rounds
         first = t.once()
-        t.calls = 3 if first < 2e-3 else 1  # fast ones: best of 3 dodges a stray interrupt
+        # best of 3 per round for all but the slowest (the reference on big shapes): the first
+        # call after another column's pays for its cache and writeback state
+        t.calls = 3 if first < 0.1 else 1
         firsts.append(first * t.calls)
     budget = _TIME_BUDGET * len(everything)
     rounds = max(_MIN_REPEATS, min(repeat, int(budget / max(sum(firsts), 1e-6))))
-    for _ in range(rounds):
+    for r in range(rounds):
         for t in copies:
             t.round()
-        for col, group in list(timers.items()):
+        order = list(timers)
+        for col in order[r % len(order):] + order[:r % len(order)]:  # each column in turn first
             try:
-                for t in group.values():
+                for t in timers[col].values():
                     t.round()
             except Exception as exc:  # one failing column must not end the benchmark
                 errors[col] = f"{type(exc).__name__}: {exc}"
