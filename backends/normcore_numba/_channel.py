@@ -44,6 +44,7 @@ from ._common import (
     rows_sums_shifted,
 )
 from ._simd import FOLD  # noqa: F401  (re-exported: the backend sizes the partials with it)
+from ._vmap import store_fence
 
 # ---------------------------------------------------------------- (N, C, L) layout
 # Units are (n, c, chunk of L) in C order; ``nchunk`` > 1 only when N*C is too small to keep
@@ -103,8 +104,8 @@ def moments_ncl_rows(x, k, p1, p2):
 
 
 @njit(**KERNEL)
-def affine_ncl(x, scale, shift, y, nchunk, nblk):
-    """y = x * scale[c] + shift[c]."""
+def affine_ncl(x, scale, shift, y, nchunk, nblk, stream):
+    """y = x * scale[c] + shift[c]; ``stream``: non-temporal stores (an output past the cache)."""
     n_, c_, _ = x.shape
     units = n_ * c_ * nchunk
     for b in prange(nblk):
@@ -115,7 +116,7 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk):
         n = row // c_
         c = row - n * c_
         for _ in range(u0, u1):
-            affine_row(_piece(x, n, c, ch, nchunk), _piece(y, n, c, ch, nchunk), scale[c], shift[c])
+            affine_row(_piece(x, n, c, ch, nchunk), _piece(y, n, c, ch, nchunk), scale[c], shift[c], stream)
             ch += 1
             if ch == nchunk:
                 ch = 0
@@ -123,6 +124,8 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk):
                 if c == c_:
                     c = 0
                     n += 1
+        if stream:
+            store_fence()
 
 
 @njit(**KERNEL)

@@ -19,7 +19,7 @@ from numba import njit
 from numba.extending import overload
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
-from ._vmap import vaffine
+from ._vmap import vaffine, vnorm
 
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
@@ -205,8 +205,14 @@ def _ov_rows_dot2(dy2, x2, mu):
     return lambda dy2, x2, mu: vred1(x2, dy2, x2, mu)
 
 
-def affine_row(x, y, a, s):
-    """y[i] = float64(x[i]) * a + s, rounded once (jit-only; dispatches on layout)."""
+def affine_row(x, y, a, s, stream):
+    """y[i] = float64(x[i]) * a + s, rounded once (jit-only; dispatches on layout). ``stream``:
+    non-temporal stores (see ``_vmap``; the caller fences)."""
+    raise NotImplementedError
+
+
+def norm_row(x, y, w, b, mu, rstd, stream):
+    """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i], rounded once (jit-only)."""
     raise NotImplementedError
 
 
@@ -216,11 +222,24 @@ def _affine_row_scalar(x, y, a, s):
         y[i] = numba.float64(x[i]) * a + s
 
 
+@njit(**HELPER)
+def _norm_row_scalar(x, y, w, b, mu, rstd):
+    for i in range(x.shape[0]):
+        y[i] = ((numba.float64(x[i]) - mu) * rstd) * w[i] + b[i]
+
+
 @overload(affine_row, jit_options=HELPER, inline="always")
-def _ov_affine_row(x, y, a, s):
+def _ov_affine_row(x, y, a, s, stream):
     if _contig(x, y):
-        return lambda x, y, a, s: vaffine(x, y, a, s)
-    return lambda x, y, a, s: _affine_row_scalar(x, y, a, s)
+        return lambda x, y, a, s, stream: vaffine(x, y, a, s, stream)
+    return lambda x, y, a, s, stream: _affine_row_scalar(x, y, a, s)
+
+
+@overload(norm_row, jit_options=HELPER)
+def _ov_norm_row(x, y, w, b, mu, rstd, stream):
+    if _contig(x, y, w, b):
+        return lambda x, y, w, b, mu, rstd, stream: vnorm(x, y, w, b, mu, rstd, stream)
+    return lambda x, y, w, b, mu, rstd, stream: _norm_row_scalar(x, y, w, b, mu, rstd)
 
 
 def acc_sums_shifted(v, k, a1, a2):

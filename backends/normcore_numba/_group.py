@@ -29,11 +29,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import KERNEL, dot2_centered, sums_shifted, wdot2_centered
+from ._common import KERNEL, affine_row, dot2_centered, norm_row, sums_shifted, wdot2_centered
+from ._vmap import store_fence
 
 
 @njit(**KERNEL)
-def fwd3(x, w, b, eps, center, y, nblk):
+def fwd3(x, w, b, eps, center, y, nblk, stream):
     n_, g_, d_ = x.shape
     rows = n_ * g_
     mean = np.empty((n_, g_))
@@ -56,16 +57,14 @@ def fwd3(x, w, b, eps, center, y, nblk):
             mean[n, g] = mu
             var[n, g] = v
             rstd = 1.0 / math.sqrt(v + eps)
-            yr = y[n, g]
-            wr = w[g]
-            br = b[g]
-            for i in range(d_):
-                yr[i] = ((numba.float64(xr[i]) - mu) * rstd) * wr[i] + br[i]
+            norm_row(xr, y[n, g], w[g], b[g], mu, rstd, stream)
+        if stream:
+            store_fence()
     return mean, var
 
 
 @njit(**KERNEL)
-def fwd4(x, w, b, eps, center, y, nblk):
+def fwd4(x, w, b, eps, center, y, nblk, stream):
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
@@ -98,11 +97,9 @@ def fwd4(x, w, b, eps, center, y, nblk):
             rstd = 1.0 / math.sqrt(v + eps)
             for d in range(d_):
                 sc = rstd * w[g, d]
-                sh = b[g, d] - mu * sc
-                xrd = xr[d]
-                yrd = y[n, g, d]
-                for i in range(l_):
-                    yrd[i] = numba.float64(xrd[i]) * sc + sh
+                affine_row(xr[d], y[n, g, d], sc, b[g, d] - mu * sc, stream)
+        if stream:
+            store_fence()
     return mean, var
 
 

@@ -10,6 +10,8 @@ float64 and rounded once (as the reference does), so float32 results match it to
 
 from __future__ import annotations
 
+import functools
+import glob
 import importlib
 from typing import Any
 
@@ -63,6 +65,32 @@ def _merge(p: np.ndarray) -> np.ndarray:
     """Per-channel totals of (blocks, C) or (blocks, C, lanes) partials, in a fixed order."""
     p = p.sum(axis=0)
     return p.sum(axis=1) if p.ndim == 2 else p
+
+
+@functools.cache
+def _llc_bytes() -> int:
+    """Size of the last-level cache (Linux sysfs); 32 MiB where it cannot be read."""
+    best = (0, 32 << 20)
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            with open(f"{d}/level") as fh:
+                level = int(fh.read())
+            with open(f"{d}/size") as fh:
+                text = fh.read().strip().upper()
+            size = int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
+        except (OSError, ValueError):
+            continue
+        best = max(best, (level, size))
+    return best[1]
+
+
+def _stream(x: np.ndarray, row: int) -> bool:
+    """Write y (as large as x) with non-temporal stores: worth it when x and y overflow the
+    last-level cache by far (the read-for-ownership of every output line is then a third memory
+    stream) and rows of ``row`` elements are long enough that the alignment head is noise.
+    Measured on a 32 MiB cache: 11-13% faster normalizing 25 and 51 MB, 5% slower at 17 MB,
+    30-60% slower when it all fits in cache."""
+    return 4 * x.nbytes > 3 * _llc_bytes() and row * x.itemsize >= 4096
 
 
 def _widen(x: np.ndarray) -> np.ndarray:
@@ -173,7 +201,7 @@ class NumbaBackend(Backend):
         else:
             y = _out((n, c, l_), dtype=x.dtype)
             nch = _nchunk(n * c, l_, nt)
-            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch, nt))
+            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch, nt), _stream(x, l_ // nch))
         return y.astype(orig, copy=False)
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
@@ -244,7 +272,8 @@ class NumbaBackend(Backend):
         y = _out(x.shape, dtype=x.dtype)
         nblk = _blocks(n * g, nt)
         if l_ == 1:
-            mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk)
+            mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk,
+                               _stream(x, d))
         elif _flat_rows(x, l_):
             # short L (GroupNorm on small feature maps): one flat contiguous row of D*L with the
             # weight expanded along L beats D short inner loops
@@ -256,9 +285,10 @@ class NumbaBackend(Backend):
                 bool(center),
                 y.reshape(n, g, d * l_),
                 nblk,
+                _stream(x, d * l_),
             )
         else:
-            mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk)
+            mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk, _stream(x, l_))
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
         return y, mean.astype(sd), var.astype(sd)

@@ -1,0 +1,50 @@
+"""The numba backend's non-temporal-store path (backends/normcore_numba/_vmap.py) is chosen only
+for outputs past the last-level cache; these force it on small arrays of awkward lengths and
+offsets and require the very same bits as the cached path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import normcore
+
+pytest.importorskip("numba")
+B = pytest.importorskip("normcore_numba.backend")
+
+
+def _both(monkeypatch, fn):
+    out = []
+    for flag in (True, False):
+        monkeypatch.setattr(B, "_stream", lambda x, row, flag=flag: flag)
+        out.append(fn())
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 1), (3, 2, 17), (2, 5, 1001), (1, 1, 4099)])
+def test_channel_normalize_streamed_equals_cached(monkeypatch, shape, dtype):
+    be = normcore.get_backend("numba")
+    rng = np.random.default_rng(3)
+    # offset by one element so y's rows start at every alignment
+    x = rng.normal(2.0, 3.0, size=(np.prod(shape) + 1,)).astype(dtype)[1:].reshape(shape)
+    mean, var = be.channel_moments(x)
+    w, b = rng.normal(size=shape[1]).astype(dtype), rng.normal(size=shape[1]).astype(dtype)
+    streamed, cached = _both(monkeypatch, lambda: be.channel_normalize(x, mean, var, 1e-5, w, b))
+    np.testing.assert_array_equal(streamed, cached)
+    want = normcore.get_backend("numpy").channel_normalize(x, mean, var, 1e-5, w, b)
+    np.testing.assert_allclose(streamed, want, rtol=2e-6 if dtype == np.float32 else 1e-12,
+                               atol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("shape", [(3, 2, 37, 1), (2, 2, 3, 129), (2, 1, 5, 3)])
+def test_group_normalize_streamed_equals_cached(monkeypatch, shape, center):
+    be = normcore.get_backend("numba")
+    rng = np.random.default_rng(4)
+    x = rng.normal(1.0, 2.0, size=shape).astype(np.float32)
+    w = rng.normal(size=shape[1:3]).astype(np.float32)
+    b = rng.normal(size=shape[1:3]).astype(np.float32)
+    streamed, cached = _both(monkeypatch, lambda: be.group_normalize(x, w, b, 1e-5, center))
+    for s, c in zip(streamed, cached, strict=True):
+        np.testing.assert_array_equal(s, c)
