@@ -48,3 +48,31 @@ def test_group_normalize_streamed_equals_cached(monkeypatch, shape, center):
     streamed, cached = _both(monkeypatch, lambda: be.group_normalize(x, w, b, 1e-5, center))
     for s, c in zip(streamed, cached, strict=True):
         np.testing.assert_array_equal(s, c)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 17), (2, 5, 1001)])
+def test_channel_backward_streamed_equals_cached(monkeypatch, shape):
+    be = normcore.get_backend("numba")
+    rng = np.random.default_rng(5)
+    x = rng.normal(2.0, 3.0, size=shape).astype(np.float32)
+    dy = rng.normal(size=(np.prod(shape) + 3,)).astype(np.float32)[3:].reshape(shape)
+    mean, var = be.channel_moments(x)
+    w = rng.normal(size=shape[1]).astype(np.float32)
+    streamed, cached = _both(
+        monkeypatch, lambda: be.channel_normalize_backward(dy, x, mean, var, 1e-5, w, True))
+    for s, c in zip(streamed, cached, strict=True):
+        np.testing.assert_array_equal(s, c)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 37, 1), (2, 2, 3, 129), (2, 1, 5, 3)])
+def test_group_backward_streamed_equals_cached(monkeypatch, shape):
+    be = normcore.get_backend("numba")
+    rng = np.random.default_rng(6)
+    x = rng.normal(1.0, 2.0, size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    w = rng.normal(size=shape[1:3]).astype(np.float32)
+    _, mean, var = be.group_normalize(x, w, None, 1e-5, True)
+    streamed, cached = _both(
+        monkeypatch, lambda: be.group_normalize_backward(dy, x, mean, var, 1e-5, w, True))
+    for s, c in zip(streamed, cached, strict=True):
+        np.testing.assert_array_equal(s, c)

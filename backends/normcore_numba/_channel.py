@@ -39,6 +39,7 @@ from ._common import (
     acc_dot2_centered,
     acc_sums_shifted,
     affine_row,
+    grad_row,
     lane_shift,
     rows_dot2_centered,
     rows_sums_shifted,
@@ -174,7 +175,7 @@ def bwd_reduce_ncl_rows(dy, x, mu, pb, pw):
 
 
 @njit(**KERNEL)
-def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
+def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk, stream):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c]."""
     n_, c_, _ = x.shape
     units = n_ * c_ * nchunk
@@ -186,15 +187,8 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
         n = row // c_
         c = row - n * c_
         for _ in range(u0, u1):
-            aa = a[c]
-            kk2 = k2[c]
-            kk3 = k3[c]
-            m = mu[c]
-            xr = _piece(x, n, c, ch, nchunk)
-            dyr = _piece(dy, n, c, ch, nchunk)
-            dxr = _piece(dx, n, c, ch, nchunk)
-            for i in range(xr.shape[0]):
-                dxr[i] = aa * numba.float64(dyr[i]) - kk2 * (numba.float64(xr[i]) - m) - kk3
+            grad_row(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk),
+                     _piece(dx, n, c, ch, nchunk), a[c], k2[c], mu[c], k3[c], stream)
             ch += 1
             if ch == nchunk:
                 ch = 0
@@ -202,6 +196,8 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk):
                 if c == c_:
                     c = 0
                     n += 1
+        if stream:
+            store_fence()
 
 
 # ---------------------------------------------------------------- channels-last: (N, L, C) view

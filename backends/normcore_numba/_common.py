@@ -19,7 +19,7 @@ from numba import njit
 from numba.extending import overload
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
-from ._vmap import vaffine, vnorm
+from ._vmap import vaffine, vgrad, vgradw, vnorm
 
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
@@ -240,6 +240,44 @@ def _ov_norm_row(x, y, w, b, mu, rstd, stream):
     if _contig(x, y, w, b):
         return lambda x, y, w, b, mu, rstd, stream: vnorm(x, y, w, b, mu, rstd, stream)
     return lambda x, y, w, b, mu, rstd, stream: _norm_row_scalar(x, y, w, b, mu, rstd)
+
+
+def grad_row(dy, x, dx, a, k2, mu, k3, stream):
+    """dx[i] = a * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3 (jit-only)."""
+    raise NotImplementedError
+
+
+def gradw_row(dy, x, w, dx, rstd, k2, mu, k3, stream):
+    """dx[i] = (rstd * w[i]) * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3 (jit-only)."""
+    raise NotImplementedError
+
+
+@njit(**HELPER)
+def _grad_row_scalar(dy, x, dx, a, k2, mu, k3):
+    for i in range(x.shape[0]):
+        dx[i] = a * numba.float64(dy[i]) - k2 * (numba.float64(x[i]) - mu) - k3
+
+
+@njit(**HELPER)
+def _gradw_row_scalar(dy, x, w, dx, rstd, k2, mu, k3):
+    for i in range(x.shape[0]):
+        dx[i] = (rstd * w[i]) * numba.float64(dy[i]) - k2 * (numba.float64(x[i]) - mu) - k3
+
+
+@overload(grad_row, jit_options=HELPER, inline="always")
+def _ov_grad_row(dy, x, dx, a, k2, mu, k3, stream):
+    if _contig(dy, x, dx):
+        return lambda dy, x, dx, a, k2, mu, k3, stream: vgrad(dy, x, dx, a, k2, mu, k3, stream)
+    return lambda dy, x, dx, a, k2, mu, k3, stream: _grad_row_scalar(dy, x, dx, a, k2, mu, k3)
+
+
+@overload(gradw_row, jit_options=HELPER)
+def _ov_gradw_row(dy, x, w, dx, rstd, k2, mu, k3, stream):
+    if _contig(dy, x, w, dx):
+        return lambda dy, x, w, dx, rstd, k2, mu, k3, stream: vgradw(dy, x, w, dx, rstd, k2, mu, k3,
+                                                                     stream)
+    return lambda dy, x, w, dx, rstd, k2, mu, k3, stream: _gradw_row_scalar(dy, x, w, dx, rstd, k2,
+                                                                            mu, k3)
 
 
 def acc_sums_shifted(v, k, a1, a2):

@@ -29,7 +29,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import KERNEL, affine_row, dot2_centered, norm_row, sums_shifted, wdot2_centered
+from ._common import (
+    KERNEL,
+    affine_row,
+    dot2_centered,
+    grad_row,
+    gradw_row,
+    norm_row,
+    sums_shifted,
+    wdot2_centered,
+)
 from ._vmap import store_fence
 
 
@@ -104,7 +113,7 @@ def fwd4(x, w, b, eps, center, y, nblk, stream):
 
 
 @njit(**KERNEL)
-def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb):
+def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
     n_, g_, d_ = x.shape
     rows = n_ * g_
     nblk = pw.shape[0]
@@ -134,13 +143,13 @@ def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb):
                 t = numba.float64(dyr[i])
                 abr[i] += t
                 awr[i] += t * ((numba.float64(xr[i]) - mu) * rstd)
-            for i in range(d_):
-                t = numba.float64(dyr[i])
-                dxr[i] = (rstd * wr[i]) * t - k2 * (numba.float64(xr[i]) - mu) - k3
+            gradw_row(dyr, xr, wr, dxr, rstd, k2, mu, k3, stream)
+        if stream:
+            store_fence()
 
 
 @njit(**KERNEL)
-def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb):
+def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
@@ -162,9 +171,6 @@ def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb):
             k2 = rstd * rstd * rstd * sgx / m_
             k3 = rstd * sg / m_ if center else 0.0
             for d in range(d_):
-                a = rstd * w[g, d]
-                xrd = x[n, g, d]
-                dyrd = dy[n, g, d]
-                dxrd = dx[n, g, d]
-                for i in range(l_):
-                    dxrd[i] = a * numba.float64(dyrd[i]) - k2 * (numba.float64(xrd[i]) - mu) - k3
+                grad_row(dy[n, g, d], x[n, g, d], dx[n, g, d], rstd * w[g, d], k2, mu, k3, stream)
+        if stream:
+            store_fence()

@@ -1,8 +1,12 @@
 """Explicit-SIMD element-wise maps for contiguous 1-D rows, computed in float64 and rounded once
 to y's dtype (LLVM vector IR via ``@intrinsic``):
 
-* ``vaffine(x, y, a, s, stream)``:          ``y = x * a + s``                (a, s scalars)
-* ``vnorm(x, y, w, b, mu, rstd, stream)``:  ``y = ((x - mu) * rstd) * w + b`` (w, b float64 rows)
+* ``vaffine(x, y, a, s, stream)``:                 ``y = x * a + s``          (a, s scalars)
+* ``vnorm(x, y, w, b, mu, rstd, stream)``:         ``y = ((x - mu) * rstd) * w + b``
+* ``vgrad(dy, x, dx, a, k2, mu, k3, stream)``:     ``dx = a * dy - k2 * (x - mu) - k3``
+* ``vgradw(dy, x, w, dx, rstd, k2, mu, k3, ...)``: ``dx = (rstd * w) * dy - k2 * (x - mu) - k3``
+
+(w, b are float64 rows; the other parameters float64 scalars.)
 
 Why not LLVM's own loop: for a short row (BatchNorm rows of 49..784 elements) it is a 64-element
 unrolled body, runtime alias checks between x and y, and a scalar remainder loop, so a 7x7 row
@@ -41,30 +45,36 @@ def _convert(builder, v, to):
     return builder.fpext(v, to) if wide else builder.fptrunc(v, to)
 
 
-def _row_map(context, builder, x_ty, y_ty, x, y, stream, value):
-    """Emit ``y[i] = value(x_i as float64, i, lanes)`` over a contiguous row, 16 lanes at a time;
-    ``value`` gets a float64 scalar (lanes 0) or <16 x double> and returns the same shape."""
-    ax = context.make_array(x_ty)(context, builder, x)
+def _row_map(context, builder, ins, y_ty, y, stream, value):
+    """Emit ``y[i] = value([u[i] as float64 for u in ins], i, lanes)`` over contiguous rows of one
+    length, 16 lanes at a time; ``ins`` is a list of (numba type, value) and ``value`` gets float64
+    scalars (lanes 0) or <16 x double> vectors and returns the same shape."""
+    arrs = [(context.make_array(t)(context, builder, v), t) for t, v in ins]
     ay = context.make_array(y_ty)(context, builder, y)
-    n = builder.extract_value(ax.shape, 0)
+    n = builder.extract_value(arrs[0][0].shape, 0)
     const = lambda v: ir.Constant(n.type, v)  # noqa: E731
-    xe, ye = context.get_data_type(x_ty.dtype), context.get_data_type(y_ty.dtype)
-    xsize, ysize = x_ty.dtype.bitwidth // 8, y_ty.dtype.bitwidth // 8
+    ye, ysize = context.get_data_type(y_ty.dtype), y_ty.dtype.bitwidth // 8
     nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
 
     def at(arr, elt, i, lanes):
         p = builder.gep(arr.data, [i], inbounds=True)
         return builder.bitcast(p, ir.VectorType(elt, lanes).as_pointer()) if lanes else p
 
+    def load(i, lanes):
+        out = []
+        for arr, t in arrs:
+            elt = context.get_data_type(t.dtype)
+            v = builder.load(at(arr, elt, i, lanes), align=t.dtype.bitwidth // 8)
+            out.append(_convert(builder, v, ir.VectorType(_F64, lanes) if lanes else _F64))
+        return out
+
     def scalar(i):
-        v = _convert(builder, builder.load(at(ax, xe, i, 0)), _F64)
-        builder.store(_convert(builder, value(v, i, 0), ye), at(ay, ye, i, 0))
+        builder.store(_convert(builder, value(load(i, 0), i, 0), ye), at(ay, ye, i, 0))
 
     def vectors(first, count, nontemporal):
         with cgutils.for_range(builder, count) as loop:
             i = builder.add(first, builder.mul(loop.index, const(W)))
-            v = _convert(builder, builder.load(at(ax, xe, i, W), align=xsize), ir.VectorType(_F64, W))
-            r = _convert(builder, value(v, i, W), ir.VectorType(ye, W))
+            r = _convert(builder, value(load(i, W), i, W), ir.VectorType(ye, W))
             st = builder.store(r, at(ay, ye, i, W), align=ALIGN if nontemporal else ysize)
             if nontemporal:
                 st.set_metadata("nontemporal", nt_md)
@@ -87,19 +97,23 @@ def _row_map(context, builder, x_ty, y_ty, x, y, stream, value):
         scalar(i)
 
 
+def _scalars(builder, values, lanes):
+    """The float64 scalars as they are (lanes 0) or splatted to <lanes x double>."""
+    if not lanes:
+        return values
+    return [_splat(builder, v, ir.VectorType(_F64, lanes)) for v in values]
+
+
 @intrinsic
 def vaffine(typingctx, x, y, a, s, stream):
     """y[i] = float64(x[i]) * a + s for contiguous 1-D x, y of one length."""
 
     def codegen(context, builder, sig, args):
-        a, s = args[2], args[3]
-        vd = ir.VectorType(_F64, W)
-        av, sv = _splat(builder, a, vd), _splat(builder, s, vd)
+        def value(xs, i, lanes):
+            a, s = _scalars(builder, args[2:4], lanes)
+            return builder.fadd(builder.fmul(xs[0], a), s)
 
-        def value(v, i, lanes):
-            return builder.fadd(builder.fmul(v, av if lanes else a), sv if lanes else s)
-
-        _row_map(context, builder, sig.args[0], sig.args[1], args[0], args[1], args[4], value)
+        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4], value)
         return context.get_dummy_value()
 
     return types.none(x, y, types.float64, types.float64, types.boolean), codegen
@@ -107,30 +121,58 @@ def vaffine(typingctx, x, y, a, s, stream):
 
 @intrinsic
 def vnorm(typingctx, x, y, w, b, mu, rstd, stream):
-    """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i]; x, y, w, b contiguous 1-D, w and b
-    float64."""
+    """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i]; w and b float64, all contiguous."""
 
     def codegen(context, builder, sig, args):
-        aw = context.make_array(sig.args[2])(context, builder, args[2])
-        ab = context.make_array(sig.args[3])(context, builder, args[3])
-        mu, rstd = args[4], args[5]
-        vd = ir.VectorType(_F64, W)
-        muv, rv = _splat(builder, mu, vd), _splat(builder, rstd, vd)
-
-        def load(arr, i, lanes):
-            p = builder.gep(arr.data, [i], inbounds=True)
-            if lanes:
-                return builder.load(builder.bitcast(p, vd.as_pointer()), align=8)
-            return builder.load(p)
-
         def value(v, i, lanes):
-            t = builder.fmul(builder.fsub(v, muv if lanes else mu), rv if lanes else rstd)
-            return builder.fadd(builder.fmul(t, load(aw, i, lanes)), load(ab, i, lanes))
+            x, w, b = v
+            mu, rstd = _scalars(builder, args[4:6], lanes)
+            return builder.fadd(builder.fmul(builder.fmul(builder.fsub(x, mu), rstd), w), b)
 
-        _row_map(context, builder, sig.args[0], sig.args[1], args[0], args[1], args[6], value)
+        ins = [(sig.args[k], args[k]) for k in (0, 2, 3)]
+        _row_map(context, builder, ins, sig.args[1], args[1], args[6], value)
         return context.get_dummy_value()
 
     return types.none(x, y, w, b, types.float64, types.float64, types.boolean), codegen
+
+
+@intrinsic
+def vgrad(typingctx, dy, x, dx, a, k2, mu, k3, stream):
+    """dx[i] = a * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3; all contiguous."""
+
+    def codegen(context, builder, sig, args):
+        def value(v, i, lanes):
+            dy, x = v
+            a, k2, mu, k3 = _scalars(builder, args[3:7], lanes)
+            t = builder.fsub(builder.fmul(a, dy), builder.fmul(k2, builder.fsub(x, mu)))
+            return builder.fsub(t, k3)
+
+        ins = [(sig.args[0], args[0]), (sig.args[1], args[1])]
+        _row_map(context, builder, ins, sig.args[2], args[2], args[7], value)
+        return context.get_dummy_value()
+
+    f64 = types.float64
+    return types.none(dy, x, dx, f64, f64, f64, f64, types.boolean), codegen
+
+
+@intrinsic
+def vgradw(typingctx, dy, x, w, dx, rstd, k2, mu, k3, stream):
+    """dx[i] = (rstd * w[i]) * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3; w float64."""
+
+    def codegen(context, builder, sig, args):
+        def value(v, i, lanes):
+            dy, x, w = v
+            rstd, k2, mu, k3 = _scalars(builder, args[4:8], lanes)
+            a = builder.fmul(rstd, w)
+            t = builder.fsub(builder.fmul(a, dy), builder.fmul(k2, builder.fsub(x, mu)))
+            return builder.fsub(t, k3)
+
+        ins = [(sig.args[k], args[k]) for k in (0, 1, 2)]
+        _row_map(context, builder, ins, sig.args[3], args[3], args[8], value)
+        return context.get_dummy_value()
+
+    f64 = types.float64
+    return types.none(dy, x, w, dx, f64, f64, f64, f64, types.boolean), codegen
 
 
 @intrinsic
