@@ -157,7 +157,10 @@ def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
         for c in range(c_):  # move the second sums from lane_shift onto mu (linear in sum(dy))
             d = lane_shift(dy, x, mu[c]) - mu[c]
             if d != 0.0:
-                a2[c, 0] += d * a1[c].sum()
+                s = 0.0
+                for j in range(a1.shape[1]):  # a loop: an array .sum() here becomes a nested
+                    s += a1[c, j]               # parfor, which costs compile time
+                a2[c, 0] += d * s
 
 
 @njit(**KERNEL)
