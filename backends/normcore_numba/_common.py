@@ -19,7 +19,7 @@ from numba import njit
 from numba.extending import overload
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
-from ._vmap import vaffine, vgrad, vgradw, vnorm
+from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
 
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
@@ -240,6 +240,42 @@ def _ov_norm_row(x, y, w, b, mu, rstd, stream):
     if _contig(x, y, w, b):
         return lambda x, y, w, b, mu, rstd, stream: vnorm(x, y, w, b, mu, rstd, stream)
     return lambda x, y, w, b, mu, rstd, stream: _norm_row_scalar(x, y, w, b, mu, rstd)
+
+
+def affine_row_sums(x, y, a, s, stream, nxt, k):
+    """affine_row(x, y, a, s, stream) that returns sums_shifted(nxt, k) of a row of x's length,
+    read in the same loop (jit-only)."""
+    raise NotImplementedError
+
+
+def norm_row_sums(x, y, w, b, mu, rstd, stream, nxt, k):
+    """norm_row(x, y, w, b, mu, rstd, stream) that returns sums_shifted(nxt, k) (jit-only)."""
+    raise NotImplementedError
+
+
+@overload(affine_row_sums, jit_options=HELPER, inline="always")
+def _ov_affine_row_sums(x, y, a, s, stream, nxt, k):
+    if _contig(x, y, nxt):
+        return lambda x, y, a, s, stream, nxt, k: vaffine_sums(x, y, a, s, stream, nxt, k)
+
+    def separate(x, y, a, s, stream, nxt, k):
+        _affine_row_scalar(x, y, a, s)
+        return _sums_shifted_scalar(nxt, k)
+
+    return separate
+
+
+@overload(norm_row_sums, jit_options=HELPER)
+def _ov_norm_row_sums(x, y, w, b, mu, rstd, stream, nxt, k):
+    if _contig(x, y, w, b, nxt):
+        return lambda x, y, w, b, mu, rstd, stream, nxt, k: vnorm_sums(x, y, w, b, mu, rstd, stream,
+                                                                       nxt, k)
+
+    def separate(x, y, w, b, mu, rstd, stream, nxt, k):
+        _norm_row_scalar(x, y, w, b, mu, rstd)
+        return _sums_shifted_scalar(nxt, k)
+
+    return separate
 
 
 def grad_row(dy, x, dx, a, k2, mu, k3, stream):

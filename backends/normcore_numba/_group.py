@@ -30,85 +30,112 @@ import numpy as np
 from numba import njit, prange
 
 from ._common import (
+    HELPER,
     KERNEL,
     affine_row,
+    affine_row_sums,
     dot2_centered,
     grad_row,
     gradw_row,
     norm_row,
+    norm_row_sums,
     sums_shifted,
     wdot2_centered,
 )
 from ._vmap import store_fence
 
 
+@njit(inline="always", **HELPER)
+def _moments(s1, s2, k, m, center):
+    """(mean, biased variance) from sums shifted by k; RMS (not center): (0, mean of squares)."""
+    if center:
+        m1 = s1 / m
+        return k + m1, max(s2 / m - m1 * m1, 0.0)
+    return 0.0, s2 / m
+
+
 @njit(**KERNEL)
 def fwd3(x, w, b, eps, center, y, nblk, stream):
+    """Each block sums its first row, then normalizes row r in the same loop that sums row r + 1
+    (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums)."""
     n_, g_, d_ = x.shape
     rows = n_ * g_
     mean = np.empty((n_, g_))
     var = np.empty((n_, g_))
     for blk in prange(nblk):
-        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
-            n = r // g_
-            g = r - n * g_
-            xr = x[n, g]
-            if center:
-                k = numba.float64(xr[0])
-                s1, s2 = sums_shifted(xr, k)
-                m1 = s1 / d_
-                mu = k + m1
-                v = max(s2 / d_ - m1 * m1, 0.0)
-            else:
-                _, s2 = sums_shifted(xr, 0.0)
-                mu = 0.0
-                v = s2 / d_
-            mean[n, g] = mu
-            var[n, g] = v
-            rstd = 1.0 / math.sqrt(v + eps)
-            norm_row(xr, y[n, g], w[g], b[g], mu, rstd, stream)
-        if stream:
-            store_fence()
+        r0 = blk * rows // nblk
+        r1 = (blk + 1) * rows // nblk
+        if r0 < r1:
+            n = r0 // g_
+            g = r0 - n * g_
+            k = numba.float64(x[n, g, 0]) if center else 0.0
+            s1, s2 = sums_shifted(x[n, g], k)
+            for r in range(r0, r1):
+                n = r // g_
+                g = r - n * g_
+                mu, v = _moments(s1, s2, k, d_, center)
+                mean[n, g] = mu
+                var[n, g] = v
+                rstd = 1.0 / math.sqrt(v + eps)
+                if r + 1 < r1:
+                    nn = (r + 1) // g_
+                    ng = r + 1 - nn * g_
+                    k = numba.float64(x[nn, ng, 0]) if center else 0.0
+                    s1, s2 = norm_row_sums(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream,
+                                           x[nn, ng], k)
+                else:
+                    norm_row(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream)
+            if stream:
+                store_fence()
     return mean, var
 
 
 @njit(**KERNEL)
 def fwd4(x, w, b, eps, center, y, nblk, stream):
-    n_, g_, d_, l_ = x.shape
+    """fwd3 for L > 1: a row is D lines of L with one scale and shift per line."""
+    n_, g_, d_, _ = x.shape
     rows = n_ * g_
-    m_ = d_ * l_
+    m_ = d_ * x.shape[3]
     mean = np.empty((n_, g_))
     var = np.empty((n_, g_))
     for blk in prange(nblk):
-        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
-            n = r // g_
-            g = r - n * g_
-            xr = x[n, g]
-            if center:
-                k = numba.float64(xr[0, 0])
-            else:
-                k = 0.0
+        r0 = blk * rows // nblk
+        r1 = (blk + 1) * rows // nblk
+        if r0 < r1:
+            n = r0 // g_
+            g = r0 - n * g_
+            k = numba.float64(x[n, g, 0, 0]) if center else 0.0
             s1 = 0.0
             s2 = 0.0
             for d in range(d_):
-                a1, a2 = sums_shifted(xr[d], k)
+                a1, a2 = sums_shifted(x[n, g, d], k)
                 s1 += a1
                 s2 += a2
-            if center:
-                m1 = s1 / m_
-                mu = k + m1
-                v = max(s2 / m_ - m1 * m1, 0.0)
-            else:
-                mu = 0.0
-                v = s2 / m_
-            mean[n, g] = mu
-            var[n, g] = v
-            rstd = 1.0 / math.sqrt(v + eps)
-            for d in range(d_):
-                sc = rstd * w[g, d]
-                affine_row(xr[d], y[n, g, d], sc, b[g, d] - mu * sc, stream)
-        if stream:
-            store_fence()
+            for r in range(r0, r1):
+                n = r // g_
+                g = r - n * g_
+                mu, v = _moments(s1, s2, k, m_, center)
+                mean[n, g] = mu
+                var[n, g] = v
+                rstd = 1.0 / math.sqrt(v + eps)
+                last = r + 1 == r1
+                nn = (r + 1) // g_
+                ng = r + 1 - nn * g_
+                if not last:
+                    k = numba.float64(x[nn, ng, 0, 0]) if center else 0.0
+                s1 = 0.0
+                s2 = 0.0
+                for d in range(d_):
+                    sc = rstd * w[g, d]
+                    sh = b[g, d] - mu * sc
+                    if last:
+                        affine_row(x[n, g, d], y[n, g, d], sc, sh, stream)
+                    else:
+                        a1, a2 = affine_row_sums(x[n, g, d], y[n, g, d], sc, sh, stream, x[nn, ng, d], k)
+                        s1 += a1
+                        s2 += a2
+            if stream:
+                store_fence()
     return mean, var
 
 

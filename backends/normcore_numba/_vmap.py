@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._simd import _splat
+from ._simd import _hsum, _splat
 
 W = 16
 ALIGN = 64
@@ -45,10 +45,11 @@ def _convert(builder, v, to):
     return builder.fpext(v, to) if wide else builder.fptrunc(v, to)
 
 
-def _row_map(context, builder, ins, y_ty, y, stream, value):
+def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
     """Emit ``y[i] = value([u[i] as float64 for u in ins], i, lanes)`` over contiguous rows of one
     length, 16 lanes at a time; ``ins`` is a list of (numba type, value) and ``value`` gets float64
-    scalars (lanes 0) or <16 x double> vectors and returns the same shape."""
+    scalars (lanes 0) or <16 x double> vectors and returns the same shape. ``also(i, lanes)``,
+    when given, runs in the same loop steps (the next row's sums, see ``_next_row_sums``)."""
     arrs = [(context.make_array(t)(context, builder, v), t) for t, v in ins]
     ay = context.make_array(y_ty)(context, builder, y)
     n = builder.extract_value(arrs[0][0].shape, 0)
@@ -70,6 +71,8 @@ def _row_map(context, builder, ins, y_ty, y, stream, value):
 
     def scalar(i):
         builder.store(_convert(builder, value(load(i, 0), i, 0), ye), at(ay, ye, i, 0))
+        if also is not None:
+            also(i, 0)
 
     def vectors(first, count, nontemporal):
         with cgutils.for_range(builder, count) as loop:
@@ -78,6 +81,8 @@ def _row_map(context, builder, ins, y_ty, y, stream, value):
             st = builder.store(r, at(ay, ye, i, W), align=ALIGN if nontemporal else ysize)
             if nontemporal:
                 st.set_metadata("nontemporal", nt_md)
+            if also is not None:
+                also(i, W)
 
     # head: elements before y's first 64-byte boundary (streaming only; 0 otherwise)
     mis = builder.and_(builder.ptrtoint(ay.data, n.type), const(ALIGN - 1))
@@ -104,16 +109,34 @@ def _scalars(builder, values, lanes):
     return [_splat(builder, v, ir.VectorType(_F64, lanes)) for v in values]
 
 
+def _affine_value(builder, args):
+    """x * a + s with (x, y, a, s, ...) = args."""
+
+    def value(xs, i, lanes):
+        a, s = _scalars(builder, args[2:4], lanes)
+        return builder.fadd(builder.fmul(xs[0], a), s)
+
+    return value
+
+
+def _norm_value(builder, args):
+    """((x - mu) * rstd) * w + b with (x, y, w, b, mu, rstd, ...) = args."""
+
+    def value(v, i, lanes):
+        x, w, b = v
+        mu, rstd = _scalars(builder, args[4:6], lanes)
+        return builder.fadd(builder.fmul(builder.fmul(builder.fsub(x, mu), rstd), w), b)
+
+    return value
+
+
 @intrinsic
 def vaffine(typingctx, x, y, a, s, stream):
     """y[i] = float64(x[i]) * a + s for contiguous 1-D x, y of one length."""
 
     def codegen(context, builder, sig, args):
-        def value(xs, i, lanes):
-            a, s = _scalars(builder, args[2:4], lanes)
-            return builder.fadd(builder.fmul(xs[0], a), s)
-
-        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4], value)
+        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4],
+                 _affine_value(builder, args))
         return context.get_dummy_value()
 
     return types.none(x, y, types.float64, types.float64, types.boolean), codegen
@@ -124,13 +147,8 @@ def vnorm(typingctx, x, y, w, b, mu, rstd, stream):
     """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i]; w and b float64, all contiguous."""
 
     def codegen(context, builder, sig, args):
-        def value(v, i, lanes):
-            x, w, b = v
-            mu, rstd = _scalars(builder, args[4:6], lanes)
-            return builder.fadd(builder.fmul(builder.fmul(builder.fsub(x, mu), rstd), w), b)
-
         ins = [(sig.args[k], args[k]) for k in (0, 2, 3)]
-        _row_map(context, builder, ins, sig.args[1], args[1], args[6], value)
+        _row_map(context, builder, ins, sig.args[1], args[1], args[6], _norm_value(builder, args))
         return context.get_dummy_value()
 
     return types.none(x, y, w, b, types.float64, types.float64, types.boolean), codegen
@@ -173,6 +191,70 @@ def vgradw(typingctx, dy, x, w, dx, rstd, k2, mu, k3, stream):
 
     f64 = types.float64
     return types.none(dy, x, w, dx, f64, f64, f64, f64, types.boolean), codegen
+
+
+class _NextRowSums:
+    """``also`` for _row_map: (sum(v - k), sum((v - k)**2)) of another row ``v`` of the same
+    length, in 16 float64 lanes plus scalar sums for the map's head and tail elements. Reading
+    the next row while writing this one keeps both memory streams busy: two separate passes
+    leave the write stream idle while the statistics are read, and the other way round."""
+
+    def __init__(self, context, builder, v_ty, v, k):
+        self.builder, self.k = builder, k
+        self.arr = context.make_array(v_ty)(context, builder, v)
+        self.elt = context.get_data_type(v_ty.dtype)
+        self.align = v_ty.dtype.bitwidth // 8
+        vd = ir.VectorType(_F64, W)
+        self.kv = _splat(builder, k, vd)
+        self.vec = [cgutils.alloca_once_value(builder, ir.Constant(vd, [0.0] * W)) for _ in "12"]
+        self.one = [cgutils.alloca_once_value(builder, ir.Constant(_F64, 0.0)) for _ in "12"]
+
+    def __call__(self, i, lanes):
+        b = self.builder
+        p = b.gep(self.arr.data, [i], inbounds=True)
+        if lanes:
+            p = b.bitcast(p, ir.VectorType(self.elt, lanes).as_pointer())
+        v = _convert(b, b.load(p, align=self.align), ir.VectorType(_F64, lanes) if lanes else _F64)
+        t = b.fsub(v, self.kv if lanes else self.k)
+        acc = self.vec if lanes else self.one
+        b.store(b.fadd(b.load(acc[0]), t), acc[0])
+        b.store(b.fadd(b.load(acc[1]), b.fmul(t, t)), acc[1])
+
+    def result(self, context, sig):
+        b = self.builder
+        s1, s2 = (b.fadd(_hsum(b, b.load(v)), b.load(o)) for v, o in zip(self.vec, self.one, strict=True))
+        return context.make_tuple(b, sig.return_type, [s1, s2])
+
+
+@intrinsic
+def vaffine_sums(typingctx, x, y, a, s, stream, nxt, k):
+    """vaffine(x, y, a, s, stream) that also returns (sum(nxt - k), sum((nxt - k)**2)) of a row
+    ``nxt`` at least as long as x (contiguous; unchecked)."""
+
+    def codegen(context, builder, sig, args):
+        sums = _NextRowSums(context, builder, sig.args[5], args[5], args[6])
+        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4],
+                 _affine_value(builder, args), also=sums)
+        return sums.result(context, sig)
+
+    f64 = types.float64
+    return types.UniTuple(f64, 2)(x, y, f64, f64, types.boolean, nxt, f64), codegen
+
+
+@intrinsic
+def vnorm_sums(typingctx, x, y, w, b, mu, rstd, stream, nxt, k):
+    """vnorm(x, y, w, b, mu, rstd, stream) that also returns the next row's shifted sums (see
+    vaffine_sums)."""
+
+    def codegen(context, builder, sig, args):
+        sums = _NextRowSums(context, builder, sig.args[7], args[7], args[8])
+        ins = [(sig.args[j], args[j]) for j in (0, 2, 3)]
+        _row_map(context, builder, ins, sig.args[1], args[1], args[6], _norm_value(builder, args),
+                 also=sums)
+        return sums.result(context, sig)
+
+    f64 = types.float64
+    return types.UniTuple(f64, 2)(x, y, w, b, f64, f64, types.boolean, nxt, f64), codegen
 
 
 @intrinsic
