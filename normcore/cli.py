@@ -209,8 +209,8 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
                      _fmt(None if r.copy_fraction is None else 100 * r.copy_fraction, ".0f", "%"),
                      _fmt(r.speedup_reference, ".2f", "x"), _fmt(r.speedup_torch, ".2f", "x")])
     out.table(f"normcore bench ({threads} threads; GB/s counts 2x bytes of x forward, 3x backward;"
-              f" copy = the faster of np.copyto and a parallel copy; ratios are medians of per-round"
-              f" ratios, every column timed round-robin)",
+              f" copy = the faster of np.copyto and a parallel copy; the columns are timed"
+              f" round-robin, ratios to copy and torch are medians of per-round ratios)",
               ["layer", "shape", "dtype", "pass", "backend", "ms", "GB/s", "of copy",
                f"vs {bench.REFERENCE}", "vs torch"], rows, right=(5, 6, 7, 8, 9))
     errors = [r for r in report.rows if r.error]
