@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata as metadata
 import importlib.util
+import math
 import os
 import platform
 import statistics
@@ -394,9 +395,11 @@ def _run_rounds(timers: dict[str, dict[str, _Timer]], copies: list[_Timer], repe
     firsts = []
     for t in everything:  # one call each, not reported: sizes the rounds
         first = t.once()
-        # best of 3 per round for all but the slowest: the first call after another column's
-        # pays for the cache and writeback state that one left
-        t.calls = 3 if first < 0.1 else 1
+        # the best of a few calls per round (about 2 ms of them, 3 to 10) for all but the
+        # slowest: the first calls after another column's pay for the state that one left
+        # (its cache and writeback traffic; torch's OpenMP workers spin for about a millisecond
+        # after its call, on the cores the next column wants)
+        t.calls = min(10, max(3, math.ceil(2e-3 / max(first, 1e-9)))) if first < 0.1 else 1
         firsts.append(first * t.calls)
     budget = _TIME_BUDGET * len(everything)
     rounds = max(_MIN_REPEATS, min(repeat, int(budget / max(sum(firsts), 1e-6))))
@@ -471,8 +474,11 @@ def columns(backends: Sequence[str], use_torch: bool = True) -> list[str]:
     return cols
 
 
-def _median_ratio(num: Sequence[float], den: Sequence[float]) -> float:
-    """Median over rounds of num/den (both measured in the same round)."""
+def _median_ratio(num: Sequence[float], den: Sequence[float], same_rounds: bool = True) -> float:
+    """Median over rounds of num/den when both were measured in the same rounds, else the ratio
+    of their medians."""
+    if not same_rounds:
+        return statistics.median(num) / statistics.median(den)
     return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
@@ -498,13 +504,15 @@ def _rows(case: BenchCase, cols: list[str], timings: dict[str, Any],
                 mine = t[pass_]
                 row.ms, row.repeats = statistics.median(mine) * 1e3, len(mine)
                 row.gbs = traffic / (row.ms * 1e-3) / 1e9
+                alone = col == REFERENCE  # timed on its own (see run)
                 # GB/s over the copy's GB/s, per round: (traffic / t) / (2 * bytes / copy)
                 copy = t.get("copy", copy_rounds)
-                row.copy_fraction = _median_ratio(copy, mine) * traffic / (2 * case.nbytes)
+                row.copy_fraction = (_median_ratio(copy, mine, not alone) * traffic
+                                     / (2 * case.nbytes))
                 if ref is not None:
-                    row.speedup_reference = statistics.median(ref) / statistics.median(mine)
+                    row.speedup_reference = _median_ratio(ref, mine, same_rounds=False)
                 if torch_rounds is not None:
-                    row.speedup_torch = _median_ratio(torch_rounds, mine)
+                    row.speedup_torch = _median_ratio(torch_rounds, mine, not alone)
             rows.append(row)
     return rows
 

@@ -167,6 +167,18 @@ def test_bench_ratios_are_per_round():
     assert fast["forward"].ms == pytest.approx(4.0)  # the median round: 2 ms x 2
 
 
+def test_bench_reference_timed_alone_uses_medians():
+    """The reference is timed in rounds of its own (fewer of them): ratio of medians."""
+    case = bench.BenchCase("rmsnorm", (4, 8), "float32")
+    timings = {"numpy": {"forward": [40e-3, 20e-3], "backward": [60e-3, 60e-3]},
+               "fast": {"forward": [2e-3, 6e-3, 4e-3], "backward": [3e-3, 3e-3, 3e-3]}}
+    rows = bench._rows(case, ["numpy", "fast"], timings, copy_rounds=[1e-3, 3e-3, 2e-3])
+    by = {(r.backend, r.pass_): r for r in rows}
+    assert by[("fast", "forward")].speedup_reference == pytest.approx(30 / 4)
+    assert by[("numpy", "forward")].copy_fraction == pytest.approx(2 / 30)
+    assert by[("fast", "forward")].copy_fraction == pytest.approx(0.5)
+
+
 def test_python_dash_m_and_no_command():
     proc = run_cli("--version")
     assert proc.returncode == 0 and normcore.__version__ in proc.stdout
