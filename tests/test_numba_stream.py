@@ -1,6 +1,8 @@
 """The numba backend's non-temporal-store path (backends/normcore_numba/_vmap.py) is chosen only
 for outputs past the last-level cache; these force it on small arrays of awkward lengths and
-offsets and require the very same bits as the cached path."""
+offsets. The channel kernels must give the very same bits as the cached path; the group forward
+sums the next row in the loop that writes this one, so its alignment head changes that row's
+summation order: equal to float32 rounding there."""
 
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def test_group_normalize_streamed_equals_cached(monkeypatch, shape, center):
     b = rng.normal(size=shape[1:3]).astype(np.float32)
     streamed, cached = _both(monkeypatch, lambda: be.group_normalize(x, w, b, 1e-5, center))
     for s, c in zip(streamed, cached, strict=True):
-        np.testing.assert_array_equal(s, c)
+        np.testing.assert_allclose(s, c, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 17), (2, 5, 1001)])
