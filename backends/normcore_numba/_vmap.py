@@ -5,6 +5,8 @@ to y's dtype (LLVM vector IR via ``@intrinsic``):
 * ``vnorm(x, y, w, b, mu, rstd, stream)``:         ``y = ((x - mu) * rstd) * w + b``
 * ``vgrad(dy, x, dx, a, k2, mu, k3, stream)``:     ``dx = a * dy - k2 * (x - mu) - k3``
 * ``vgradw(dy, x, w, dx, rstd, k2, mu, k3, ...)``: ``dx = (rstd * w) * dy - k2 * (x - mu) - k3``
+* ``vaffine_sums``, ``vnorm_sums``: vaffine, vnorm that also return the shifted sums of another
+  row (the next one), read in the same loop (see ``_NextRowSums``).
 
 (w, b are float64 rows; the other parameters float64 scalars.)
 
@@ -18,7 +20,7 @@ contraction).
 ``stream=True`` writes the vector body with non-temporal stores (``!nontemporal``; MOVNT on
 x86), after a scalar head that brings y to a 64-byte boundary. A normal store first reads the
 line it writes (read-for-ownership): for an output too big for the last-level cache that is a
-third memory stream, and skipping it made a 25 MB BatchNorm normalize 13% faster. For outputs
+third memory stream, and skipping it made a 25 MB BatchNorm normalize 11-13% faster. For outputs
 that fit in cache streaming is slower (the next reader misses), so the backend asks for it only
 past the cache size. A kernel that streams calls ``store_fence()`` once at the end of each
 block, so the stores are visible to other threads when the parallel region joins.
@@ -49,7 +51,7 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
     """Emit ``y[i] = value([u[i] as float64 for u in ins], i, lanes)`` over contiguous rows of one
     length, 16 lanes at a time; ``ins`` is a list of (numba type, value) and ``value`` gets float64
     scalars (lanes 0) or <16 x double> vectors and returns the same shape. ``also(i, lanes)``,
-    when given, runs in the same loop steps (the next row's sums, see ``_next_row_sums``)."""
+    when given, runs in the same loop steps (the next row's sums, see ``_NextRowSums``)."""
     arrs = [(context.make_array(t)(context, builder, v), t) for t, v in ins]
     ay = context.make_array(y_ty)(context, builder, y)
     n = builder.extract_value(arrs[0][0].shape, 0)
