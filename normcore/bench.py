@@ -359,10 +359,10 @@ def _numba_copy() -> Any:
 
 def _copy_timers(x: np.ndarray) -> list[_Timer]:
     """``np.copyto`` and, with Numba, a parallel loop on Numba's threads: each round's copy time
-    is the faster of the two. (LLVM turns the loop into ``memcpy`` per thread: glibc's string
-    moves write whole lines without reading them first, which a layer's vector stores cannot
-    do for data that fits in cache; so on cache-sized arrays the copy is a floor no layer
-    reaches, and on large ones the layers' streaming stores match it.)"""
+    is the faster of the two. (LLVM turns the loop into ``memcpy`` per thread, and glibc picks
+    string moves or cache-bypassing stores by size. Measured here, a plain vectorized map over
+    the same cache-sized array takes about 1.7x this copy's time, so on cache-sized arrays the
+    copy is a floor no layer reaches; on large ones the layers' streaming stores come close.)"""
     dst = np.empty_like(x)
     timers = [_Timer(lambda: np.copyto(dst, x))]
     if importlib.util.find_spec("numba") is not None:
