@@ -78,3 +78,18 @@ def test_group_backward_streamed_equals_cached(monkeypatch, shape):
         monkeypatch, lambda: be.group_normalize_backward(dy, x, mean, var, 1e-5, w, True))
     for s, c in zip(streamed, cached, strict=True):
         np.testing.assert_array_equal(s, c)
+
+
+def test_last_level_cache_size_from_sysfs(tmp_path):
+    for name, level, size in (("index0", "1", "48K"), ("index2", "2", "1024K"),
+                              ("index3", "3", "32768K\n"), ("index9", "x", "1G")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "level").write_text(level)
+        (tmp_path / name / "size").write_text(size)
+    assert B._llc_bytes(str(tmp_path)) == 32 << 20  # the highest level; a malformed entry skipped
+    assert B._llc_bytes(str(tmp_path / "absent")) == 32 << 20  # unreadable: the default
+    (tmp_path / "index4").mkdir()
+    (tmp_path / "index4" / "level").write_text("4")
+    (tmp_path / "index4" / "size").write_text("256M")
+    B._llc_bytes.cache_clear()
+    assert B._llc_bytes(str(tmp_path)) == 256 << 20

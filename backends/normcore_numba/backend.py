@@ -68,10 +68,10 @@ def _merge(p: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def _llc_bytes() -> int:
+def _llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """Size of the last-level cache (Linux sysfs); 32 MiB where it cannot be read."""
     best = (0, 32 << 20)
-    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+    for d in glob.glob(f"{root}/index*"):
         try:
             with open(f"{d}/level") as fh:
                 level = int(fh.read())
