@@ -56,14 +56,7 @@ _I32 = ir.IntType(32)
 def _hsum(builder, v):
     """Fixed-order tree sum of the lanes: add the upper half onto the lower half until one lane
     is left (log2(width) dependent vector adds instead of width dependent scalar adds)."""
-    width = v.type.count
-    while width > 1:
-        half = width // 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
-        v = builder.fadd(lo, hi)
-        width = half
-    return builder.extract_element(v, ir.Constant(_I32, 0))
+    return builder.extract_element(_fold(builder, v, 1), ir.Constant(_I32, 0))
 
 
 def narrow_lanes(a_ty, b_ty) -> bool:
