@@ -53,6 +53,27 @@ from ._vmap import store_fence
 
 
 @njit(inline="always", **HELPER)
+def _unit(u, nchunk, c_):
+    """(n, c, ch) of unit number ``u``: the only divisions, once per block."""
+    row = u // nchunk
+    n = row // c_
+    return n, row - n * c_, u - row * nchunk
+
+
+@njit(inline="always", **HELPER)
+def _next_unit(n, c, ch, nchunk, c_):
+    """The unit after (n, c, ch), stepped like an odometer (chunk, then c, then n)."""
+    ch += 1
+    if ch == nchunk:
+        ch = 0
+        c += 1
+        if c == c_:
+            c = 0
+            n += 1
+    return n, c, ch
+
+
+@njit(inline="always", **HELPER)
 def _piece(x, n, c, ch, nchunk):
     """Unit (n, c, ch)'s piece of row x[n, c]: the whole row unless rows are split (whole rows
     skip the slice arithmetic, which costs as much as a short row's work)."""
@@ -72,21 +93,12 @@ def moments_ncl(x, k, nchunk, p1, p2):
     for b in prange(nblk):
         u0 = b * units // nblk
         u1 = (b + 1) * units // nblk
-        row = u0 // nchunk
-        ch = u0 - row * nchunk
-        n = row // c_
-        c = row - n * c_
+        n, c, ch = _unit(u0, nchunk, c_)
         a1 = p1[b]
         a2 = p2[b]
         for _ in range(u0, u1):
             acc_sums_shifted(_piece(x, n, c, ch, nchunk), k[c], a1[c], a2[c])
-            ch += 1
-            if ch == nchunk:
-                ch = 0
-                c += 1
-                if c == c_:
-                    c = 0
-                    n += 1
+            n, c, ch = _next_unit(n, c, ch, nchunk, c_)
 
 
 @njit(**KERNEL)
@@ -112,19 +124,10 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk, stream):
     for b in prange(nblk):
         u0 = b * units // nblk
         u1 = (b + 1) * units // nblk
-        row = u0 // nchunk
-        ch = u0 - row * nchunk
-        n = row // c_
-        c = row - n * c_
+        n, c, ch = _unit(u0, nchunk, c_)
         for _ in range(u0, u1):
             affine_row(_piece(x, n, c, ch, nchunk), _piece(y, n, c, ch, nchunk), scale[c], shift[c], stream)
-            ch += 1
-            if ch == nchunk:
-                ch = 0
-                c += 1
-                if c == c_:
-                    c = 0
-                    n += 1
+            n, c, ch = _next_unit(n, c, ch, nchunk, c_)
         if stream:
             store_fence()
 
@@ -139,21 +142,12 @@ def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
     for b in prange(nblk):
         u0 = b * units // nblk
         u1 = (b + 1) * units // nblk
-        row = u0 // nchunk
-        ch = u0 - row * nchunk
-        n = row // c_
-        c = row - n * c_
+        n, c, ch = _unit(u0, nchunk, c_)
         a1 = pb[b]
         a2 = pw[b]
         for _ in range(u0, u1):
             acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
-            ch += 1
-            if ch == nchunk:
-                ch = 0
-                c += 1
-                if c == c_:
-                    c = 0
-                    n += 1
+            n, c, ch = _next_unit(n, c, ch, nchunk, c_)
         for c in range(c_):  # move the second sums from lane_shift onto mu (linear in sum(dy))
             d = lane_shift(dy, x, mu[c]) - mu[c]
             if d != 0.0:
@@ -185,20 +179,11 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nchunk, nblk, stream):
     for b in prange(nblk):
         u0 = b * units // nblk
         u1 = (b + 1) * units // nblk
-        row = u0 // nchunk
-        ch = u0 - row * nchunk
-        n = row // c_
-        c = row - n * c_
+        n, c, ch = _unit(u0, nchunk, c_)
         for _ in range(u0, u1):
             grad_row(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk),
                      _piece(dx, n, c, ch, nchunk), a[c], k2[c], mu[c], k3[c], stream)
-            ch += 1
-            if ch == nchunk:
-                ch = 0
-                c += 1
-                if c == c_:
-                    c = 0
-                    n += 1
+            n, c, ch = _next_unit(n, c, ch, nchunk, c_)
         if stream:
             store_fence()
 

@@ -214,6 +214,7 @@ class NumbaBackend(Backend):
         m = n * l_
         mu = _f64(mean)
         cl = _channels_last(x)
+        nch = _nchunk(n * c, l_, nt)
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
             pb, pw = _partials(_blocks(n * l_, nt), c)
@@ -221,9 +222,7 @@ class NumbaBackend(Backend):
         elif _short_rows(x, nt) and _short_rows(dy, nt):
             pb, pw = _partials(_blocks(n, nt), c)
             k.bwd_reduce_ncl_rows(dy, x, mu, pb, pw)
-            nch = _nchunk(n * c, l_, nt)
         else:
-            nch = _nchunk(n * c, l_, nt)
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
         dbias = _merge(pb)
