@@ -135,7 +135,9 @@ def slabs(c: int, m: int) -> int:
 
 # ------------------------------------------------------------------ warp primitives
 #: In the simulator, run the GPU reduction code itself on an emulated ``shfl_xor_sync`` (slower;
-#: ``NORMCORE_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down.
+#: ``NORMCORE_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down. The
+#: conformance kit checks that path too: ``NUMBA_ENABLE_CUDASIM=1 NORMCORE_CUDASIM_SHUFFLE=1
+#: normcore verify --backend numba-cuda --quick``.
 SIM_SHUFFLE = SIMULATOR and os.environ.get("NORMCORE_CUDASIM_SHUFFLE", "0") == "1"
 
 if not SIMULATOR or SIM_SHUFFLE:
