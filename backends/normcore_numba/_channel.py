@@ -30,7 +30,10 @@ and the per-channel accumulators/scales are plain vectors (vectorizes without re
 
 from __future__ import annotations
 
+import math
+
 import numba
+import numpy as np
 from numba import njit, prange
 
 from ._common import (
@@ -46,6 +49,80 @@ from ._common import (
 )
 from ._simd import FOLD  # noqa: F401  (re-exported: the backend sizes the partials with it)
 from ._vmap import store_fence
+
+# ---------------------------------------------------------------- per-channel finishing (serial)
+# Run after a kernel's prange, in the same compiled call: merging the (blocks, C, lanes) partials
+# and folding the per-channel coefficients in NumPy cost ~25 us of small-array calls per layer
+# call, as much as the whole kernel on a cache-sized input.
+
+
+@njit(inline="always", **HELPER)
+def _total(p, c):
+    """Channel c's total of (blocks, C, lanes) partials, in block then lane order."""
+    s = 0.0
+    for b in range(p.shape[0]):
+        for j in range(p.shape[2]):
+            s += p[b, c, j]
+    return s
+
+
+@njit(inline="always", **HELPER)
+def _moments(p1, p2, k, m):
+    """float64 (mean, biased var) per channel from sums shifted by k over m elements."""
+    c_ = p1.shape[1]
+    mean = np.empty(c_)
+    var = np.empty(c_)
+    for c in range(c_):
+        m1 = _total(p1, c) / m
+        mean[c] = k[c] + m1
+        var[c] = max(_total(p2, c) / m - m1 * m1, 0.0)
+    return mean, var
+
+
+@njit(inline="always", **HELPER)
+def _scale_shift(mean, var, eps, weight, bias):
+    """y = x * scale + shift folds (x - mean) / sqrt(var + eps) * weight + bias, in float64."""
+    c_ = mean.shape[0]
+    scale = np.empty(c_)
+    shift = np.empty(c_)
+    for c in range(c_):
+        a = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
+        if weight is not None:
+            a *= numba.float64(weight[c])
+        s = -numba.float64(mean[c]) * a
+        if bias is not None:
+            s += numba.float64(bias[c])
+        scale[c] = a
+        shift[c] = s
+    return scale, shift
+
+
+@njit(inline="always", **HELPER)
+def _grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
+    """From the backward sums (sum(dy), sum(dy * (x - mu))): dbias, dweight and the coefficients
+    of dx = a * dy - k2 * (x - mu) - k3 (k2 = k3 = 0 with running statistics)."""
+    c_ = pb.shape[1]
+    dbias = np.empty(c_)
+    dweight = np.empty(c_)
+    a = np.empty(c_)
+    k2 = np.empty(c_)
+    k3 = np.empty(c_)
+    for c in range(c_):
+        sb = _total(pb, c)
+        sx = _total(pw, c)
+        rstd = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
+        w = 1.0 if weight is None else numba.float64(weight[c])
+        dbias[c] = sb
+        dweight[c] = sx * rstd
+        a[c] = rstd * w
+        if batch_stats:
+            k2[c] = rstd * rstd * rstd * w * sx / m
+            k3[c] = rstd * w * sb / m
+        else:
+            k2[c] = 0.0
+            k3[c] = 0.0
+    return dbias, dweight, a, k2, k3
+
 
 # ---------------------------------------------------------------- (N, C, L) layout
 # Units are (n, c, chunk of L) in C order; ``nchunk`` > 1 only when N*C is too small to keep
@@ -85,8 +162,8 @@ def _piece(x, n, c, ch, nchunk):
 
 @njit(**KERNEL)
 def moments_ncl(x, k, nchunk, p1, p2):
-    """Per-channel shifted sums into p1, p2 of shape (blocks, C, FOLD): each row adds its lanes
-    onto its channel's lanes (no tree sum per row); the caller sums blocks and lanes."""
+    """Per-channel float64 (mean, var) via shifted sums into p1, p2 of shape (blocks, C, FOLD):
+    each row adds its lanes onto its channel's lanes (no tree sum per row)."""
     n_, c_, _ = x.shape
     nblk = p1.shape[0]
     units = n_ * c_ * nchunk
@@ -99,6 +176,7 @@ def moments_ncl(x, k, nchunk, p1, p2):
         for _ in range(u0, u1):
             acc_sums_shifted(_piece(x, n, c, ch, nchunk), k[c], a1[c], a2[c])
             n, c, ch = _next_unit(n, c, ch, nchunk, c_)
+    return _moments(p1, p2, k, n_ * x.shape[2])
 
 
 @njit(**KERNEL)
@@ -114,12 +192,15 @@ def moments_ncl_rows(x, k, p1, p2):
             s1, s2 = rows_sums_shifted(x[n0:n1, c, :], k[c])
             p1[b, c] = s1
             p2[b, c] = s2
+    return _moments(p1.reshape((nblk, c_, 1)), p2.reshape((nblk, c_, 1)), k, n_ * x.shape[2])
 
 
 @njit(**KERNEL)
-def affine_ncl(x, scale, shift, y, nchunk, nblk, stream):
-    """y = x * scale[c] + shift[c]; ``stream``: non-temporal stores (an output past the cache)."""
+def affine_ncl(x, mean, var, eps, weight, bias, y, nchunk, nblk, stream):
+    """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add;
+    ``stream``: non-temporal stores (an output past the cache)."""
     n_, c_, _ = x.shape
+    scale, shift = _scale_shift(mean, var, eps, weight, bias)
     units = n_ * c_ * nchunk
     for b in prange(nblk):
         u0 = b * units // nblk
@@ -133,9 +214,9 @@ def affine_ncl(x, scale, shift, y, nchunk, nblk, stream):
 
 
 @njit(**KERNEL)
-def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
-    """Per-channel (sum(dy), sum(dy * (x - mu))) into pb, pw of shape (blocks, C, FOLD), as
-    moments_ncl; the second computed about lane_shift(x, mu) (see acc_dot2_centered)."""
+def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
+    """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed into pb, pw of shape
+    (blocks, C, FOLD) as moments_ncl; the second about lane_shift(x, mu) (see acc_dot2_centered)."""
     n_, c_, _ = x.shape
     nblk = pb.shape[0]
     units = n_ * c_ * nchunk
@@ -155,10 +236,11 @@ def bwd_reduce_ncl(dy, x, mu, nchunk, pb, pw):
                 for j in range(a1.shape[1]):  # a loop: an array .sum() here becomes a nested
                     s += a1[c, j]               # parfor, which costs compile time
                 a2[c, 0] += d * s
+    return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * x.shape[2], batch_stats)
 
 
 @njit(**KERNEL)
-def bwd_reduce_ncl_rows(dy, x, mu, pb, pw):
+def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
     """bwd_reduce_ncl for short rows (see moments_ncl_rows)."""
     n_, c_, _ = x.shape
     nblk = pb.shape[0]
@@ -169,6 +251,8 @@ def bwd_reduce_ncl_rows(dy, x, mu, pb, pw):
             s1, s2 = rows_dot2_centered(dy[n0:n1, c, :], x[n0:n1, c, :], mu[c])
             pb[b, c] = s1
             pw[b, c] = s2
+    return _grad_coeffs(pb.reshape((nblk, c_, 1)), pw.reshape((nblk, c_, 1)), mu, var, eps, weight,
+                        n_ * x.shape[2], batch_stats)
 
 
 @njit(**KERNEL)
@@ -202,6 +286,7 @@ def _next_row(n, l, l_):
 
 @njit(**KERNEL)
 def moments_nlc(x, k, p1, p2):
+    """moments_ncl for the channels-last view; partials of shape (blocks, C)."""
     n_, l_, c_ = x.shape
     nblk = p1.shape[0]
     rows = n_ * l_
@@ -238,11 +323,13 @@ def moments_nlc(x, k, p1, p2):
                 a2[c] += t * t
             n, l = _next_row(n, l, l_)
             r += 1
+    return _moments(p1.reshape((nblk, c_, 1)), p2.reshape((nblk, c_, 1)), k, rows)
 
 
 @njit(**KERNEL)
-def affine_nlc(x, scale, shift, y, nblk):
+def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
     n_, l_, c_ = x.shape
+    scale, shift = _scale_shift(mean, var, eps, weight, bias)
     rows = n_ * l_
     for b in prange(nblk):
         r0 = b * rows // nblk
@@ -260,7 +347,7 @@ def affine_nlc(x, scale, shift, y, nblk):
 
 
 @njit(**KERNEL)
-def bwd_reduce_nlc(dy, x, mu, pb, pw):
+def bwd_reduce_nlc(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
     n_, l_, c_ = x.shape
     nblk = pb.shape[0]
     rows = n_ * l_
@@ -295,6 +382,8 @@ def bwd_reduce_nlc(dy, x, mu, pb, pw):
                 a2[c] += t * (numba.float64(xr[c]) - mu[c])
             n, l = _next_row(n, l, l_)
             r += 1
+    return _grad_coeffs(pb.reshape((nblk, c_, 1)), pw.reshape((nblk, c_, 1)), mu, var, eps, weight,
+                        rows, batch_stats)
 
 
 @njit(**KERNEL)

@@ -61,12 +61,6 @@ def _partials(nblk: int, *shape: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((nblk, *shape)), np.zeros((nblk, *shape))
 
 
-def _merge(p: np.ndarray) -> np.ndarray:
-    """Per-channel totals of (blocks, C) or (blocks, C, lanes) partials, in a fixed order."""
-    p = p.sum(axis=0)
-    return p.sum(axis=1) if p.ndim == 2 else p
-
-
 @functools.cache
 def _llc_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
     """Size of the last-level cache (Linux sysfs); 32 MiB where it cannot be read."""
@@ -107,6 +101,15 @@ def _stat_dtype(dtype: np.dtype) -> type:
 
 def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
+
+
+def _vec(a: Any) -> np.ndarray | None:
+    """A statistic or parameter vector for a kernel that widens it per element (numba has no
+    float16 arithmetic: float16 goes in as float32, exactly); None stays None."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype == np.float16 else a
 
 
 def _channels_last(x3: np.ndarray) -> bool:
@@ -161,24 +164,17 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
-        m = n * l_
+        shift = _f64(x[0, :, 0])
         if _channels_last(x):
-            xt = x.transpose(0, 2, 1)
-            shift = _f64(xt[0, 0, :])
             p1, p2 = _partials(_blocks(n * l_, nt), c)
-            k.moments_nlc(xt, shift, p1, p2)
+            mean, var = k.moments_nlc(x.transpose(0, 2, 1), shift, p1, p2)
         elif _short_rows(x, nt):
-            shift = _f64(x[0, :, 0])
             p1, p2 = _partials(_blocks(n, nt), c)
-            k.moments_ncl_rows(x, shift, p1, p2)
+            mean, var = k.moments_ncl_rows(x, shift, p1, p2)
         else:
-            shift = _f64(x[0, :, 0])
             nch = _nchunk(n * c, l_, nt)
             p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
-            k.moments_ncl(x, shift, nch, p1, p2)
-        m1 = _merge(p1) / m
-        mean = shift + m1
-        var = np.maximum(_merge(p2) / m - m1 * m1, 0.0)
+            mean, var = k.moments_ncl(x, shift, nch, p1, p2)
         sd = _stat_dtype(orig)
         return mean.astype(sd), var.astype(sd)
 
@@ -188,20 +184,15 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
-        scale = 1.0 / np.sqrt(_f64(var) + eps)
-        if weight is not None:
-            scale *= _f64(weight)
-        shift = -_f64(mean) * scale
-        if bias is not None:
-            shift += _f64(bias)
+        stats = (_vec(mean), _vec(var), float(eps), _vec(weight), _vec(bias))
         if _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
-            k.affine_nlc(x.transpose(0, 2, 1), scale, shift, yt, _blocks(n * l_, nt))
+            k.affine_nlc(x.transpose(0, 2, 1), *stats, yt, _blocks(n * l_, nt))
             y = yt.transpose(0, 2, 1)
         else:
             y = _out((n, c, l_), dtype=x.dtype)
             nch = _nchunk(n * c, l_, nt)
-            k.affine_ncl(x, scale, shift, y, nch, _blocks(n * c * nch, nt), _stream(x, l_ // nch))
+            k.affine_ncl(x, *stats, y, nch, _blocks(n * c * nch, nt), _stream(x, l_ // nch))
         return y.astype(orig, copy=False)
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
@@ -211,31 +202,20 @@ class NumbaBackend(Backend):
         x = _widen(x3)
         dy = _widen(dy3)
         n, c, l_ = x.shape
-        m = n * l_
         mu = _f64(mean)
         cl = _channels_last(x)
         nch = _nchunk(n * c, l_, nt)
+        stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
             pb, pw = _partials(_blocks(n * l_, nt), c)
-            k.bwd_reduce_nlc(dyt, xt, mu, pb, pw)
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, *stats, pb, pw)
         elif _short_rows(x, nt) and _short_rows(dy, nt):
             pb, pw = _partials(_blocks(n, nt), c)
-            k.bwd_reduce_ncl_rows(dy, x, mu, pb, pw)
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, pb, pw)
         else:
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
-            k.bwd_reduce_ncl(dy, x, mu, nch, pb, pw)
-        dbias = _merge(pb)
-        sdx = _merge(pw)  # sum(dy * (x - mean))
-        rstd = 1.0 / np.sqrt(_f64(var) + eps)
-        dweight = sdx * rstd
-        w = np.ones(c) if weight is None else _f64(weight)
-        a = rstd * w
-        if batch_stats:
-            k2 = rstd * rstd * rstd * w * sdx / m
-            k3 = rstd * w * dbias / m
-        else:
-            k2 = k3 = np.zeros(c)
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
         if cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_, nt))
