@@ -404,3 +404,21 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
             if l == l_:
                 l = 0
                 n += 1
+
+
+# ---------------------------------------------------------------- running statistics (serial)
+@njit(**HELPER)
+def running_update(rm, rv, mean, var, momentum, correction, new_mean, new_var):
+    """new = (1 - momentum) * running + momentum * batch, with batch averaged over mean's rows
+    (float64, rounded once into new_*). O(C): serial; one compiled call replaces ~10 NumPy
+    calls on C-vectors (7 us of a BatchNorm call that is 60 us of work on small inputs)."""
+    rows, c_ = mean.shape
+    keep = 1.0 - momentum
+    for c in range(c_):
+        bm = 0.0
+        bv = 0.0
+        for r in range(rows):
+            bm += mean[r, c]
+            bv += var[r, c]
+        new_mean[c] = keep * numba.float64(rm[c]) + momentum * (bm / rows)
+        new_var[c] = keep * numba.float64(rv[c]) + momentum * ((bv / rows) * correction)

@@ -228,15 +228,14 @@ class NumbaBackend(Backend):
         return dx, dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
-        # O(C) work: NumPy (a compiled helper saves ~5 us a call but costs compile time)
-        mean = np.asarray(mean, dtype=_F64)
-        var = np.asarray(var, dtype=_F64)
-        batch_mean = mean[0] if mean.shape[0] == 1 else mean.mean(axis=0)
-        batch_var = (var[0] if var.shape[0] == 1 else var.mean(axis=0)) * var_correction
-        rm = np.asarray(running_mean)
-        rv = np.asarray(running_var)
-        new_mean = (1.0 - momentum) * rm.astype(_F64) + momentum * batch_mean
-        new_var = (1.0 - momentum) * rv.astype(_F64) + momentum * batch_var
+        rm, rv = np.asarray(running_mean), np.asarray(running_var)
+        # float64 in, rounded once; float16 buffers are written through float64 (numba has no
+        # float16 arithmetic)
+        new_mean, new_var = (np.empty(a.shape, _F64 if a.dtype == np.float16 else a.dtype)
+                             for a in (rm, rv))
+        _kernels("_channel").running_update(_vec(rm), _vec(rv), _vec(mean), _vec(var),
+                                            float(momentum), float(var_correction), new_mean,
+                                            new_var)
         return new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
 
     # -------------------------------------------------------------- group view (N, G, D, L)
