@@ -13,9 +13,9 @@ is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) ro
 channels-last layout, units are split into one fixed contiguous block per thread, each block
 writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes inside
 prange): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
-row pays no tree sum of its own. The partials are merged in block and lane order afterwards
-(deterministic for a fixed thread count). Short rows with enough N go n-block by n-block
-instead (``*_rows``: one channel's rows in one SIMD pass).
+row pays no tree sum of its own. The partials are merged in block and lane order after the
+prange, in the same compiled call (deterministic for a fixed thread count). Short rows with
+enough N go n-block by n-block instead (``*_rows``: one channel's rows in one SIMD pass).
 Element-wise passes use the same blocks: a ``prange`` iteration costs far more than a loop
 iteration, and decoding a unit index takes integer divisions, so each block decodes its first
 unit once and then steps (chunk, c, n) like an odometer.
