@@ -29,8 +29,8 @@ Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``cuda.shfl_xor_sync`` doe
 the row-group reduction is emulated with a shared buffer and ``syncthreads``, evaluating the same
 butterflies in the same precision (every kernel calls its reductions uniformly from all threads
 of a block, which this emulation requires), and the launch configuration uses small blocks so
-the Python-threaded simulator stays fast. ``python -m normcore_cuda._typecheck`` checks that the
-GPU code (not run by the simulator) types and lowers for the CUDA target.
+the Python-threaded simulator stays fast. ``tests/test_cuda_lowering.py`` checks in CI, without
+a GPU, that the GPU code (not run by the simulator) types and lowers for the CUDA target.
 """
 
 from __future__ import annotations
