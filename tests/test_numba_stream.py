@@ -1,5 +1,5 @@
 """The numba backend's non-temporal-store path (backends/normcore_numba/_vmap.py) is chosen only
-for outputs past the last-level cache; these force it on small arrays of awkward lengths and
+when a pass's arrays fill the last-level cache; these force it on small arrays of awkward lengths and
 offsets. The channel kernels must give the very same bits as the cached path; the group forward
 sums the next row in the loop that writes this one, so its alignment head changes that row's
 summation order: equal to float32 rounding there."""
@@ -18,7 +18,7 @@ B = pytest.importorskip("normcore_numba.backend")
 def _both(monkeypatch, fn):
     out = []
     for flag in (True, False):
-        monkeypatch.setattr(B, "_stream", lambda x, row, flag=flag: flag)
+        monkeypatch.setattr(B, "_stream", lambda x, row, arrays, flag=flag: flag)
         out.append(fn())
     return out
 
@@ -93,3 +93,15 @@ def test_last_level_cache_size_from_sysfs(tmp_path):
     (tmp_path / "index4" / "size").write_text("256M")
     B._llc_bytes.cache_clear()
     assert B._llc_bytes(str(tmp_path)) == 256 << 20
+
+
+def test_stream_when_the_pass_fills_the_cache(monkeypatch):
+    monkeypatch.setattr(B, "_llc_bytes", lambda: 32 << 20)
+    x16 = np.empty((16 << 20) // 4, dtype=np.float32)  # 16 MB
+    x12 = x16[: (12 << 20) // 4]
+    x8 = x16[: (8 << 20) // 4]
+    assert B._stream(x16, 1024, 2)  # forward: x and y, 32 MB
+    assert not B._stream(x12, 1024, 2)
+    assert B._stream(x12, 1024, 3)  # backward: dy, x and dx, 36 MB
+    assert not B._stream(x8, 1024, 3)
+    assert not B._stream(x16, 64, 3)  # rows of 256 bytes: the alignment head would dominate
