@@ -219,24 +219,31 @@ def _affine_rows(x, y, scale, shift, r0, r1, stream):
             affine_row(xn[c], yn[c], scale[c], shift[c], stream)
 
 
+# The element-wise kernels come in two: cached stores and non-temporal ones (``*_nt``, an
+# output past the cache, see _vmap). The flag is a constant inside each, so the cached one has no
+# per-row alignment head (8-15% on rows of 49..784), and only the one a call needs compiles
+# (one kernel branching on a constant flag costs 0.5 s more cold compile).
+
+
 @njit(**KERNEL)
-def affine_ncl(x, mean, var, eps, weight, bias, y, nblk, stream):
-    """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add;
-    ``stream``: non-temporal stores (an output past the cache). Whole rows only: the backend
-    hands few long rows over cut into pieces (a (N, C * k, L / k) view, the statistics repeated)."""
-    n_, c_, _ = x.shape
+def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
+    """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add. Whole
+    rows only: the backend hands few long rows over cut into pieces (a (N, C * k, L / k) view,
+    the statistics repeated)."""
     scale, shift = _scale_shift(mean, var, eps, weight, bias)
-    rows = n_ * c_
+    rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
-        r0 = b * rows // nblk
-        r1 = (b + 1) * rows // nblk
-        # the flag as a constant in each copy: no per-row alignment head when False, 8-15% on rows
-        # of 49..784 (the second copy costs about 0.6 s of cold compile)
-        if stream:
-            _affine_rows(x, y, scale, shift, r0, r1, True)
-            store_fence()
-        else:
-            _affine_rows(x, y, scale, shift, r0, r1, False)
+        _affine_rows(x, y, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, False)
+
+
+@njit(**KERNEL)
+def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
+    """affine_ncl with non-temporal stores."""
+    scale, shift = _scale_shift(mean, var, eps, weight, bias)
+    rows = x.shape[0] * x.shape[1]
+    for b in prange(nblk):
+        _affine_rows(x, y, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, True)
+        store_fence()
 
 
 @njit(**KERNEL)
@@ -294,18 +301,20 @@ def _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, stream):
 
 
 @njit(**KERNEL)
-def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nblk, stream):
+def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nblk):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c], whole rows (as affine_ncl)."""
-    n_, c_, _ = x.shape
-    rows = n_ * c_
+    rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
-        r0 = b * rows // nblk
-        r1 = (b + 1) * rows // nblk
-        if stream:  # as affine_ncl
-            _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, True)
-            store_fence()
-        else:
-            _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, False)
+        _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, False)
+
+
+@njit(**KERNEL)
+def bwd_apply_ncl_nt(dy, x, mu, a, k2, k3, dx, nblk):
+    """bwd_apply_ncl with non-temporal stores."""
+    rows = x.shape[0] * x.shape[1]
+    for b in prange(nblk):
+        _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, True)
+        store_fence()
 
 
 # ---------------------------------------------------------------- channels-last: (N, L, C) view

@@ -108,18 +108,27 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
             also.end()
 
     # head: elements before y's first 64-byte boundary (streaming only; 0 otherwise)
-    mis = builder.and_(builder.ptrtoint(ay.data, n.type), const(ALIGN - 1))
-    to_line = builder.udiv(builder.and_(builder.sub(const(ALIGN), mis), const(ALIGN - 1)), const(ysize))
-    head = builder.select(stream, to_line, const(0))
-    head = builder.select(builder.icmp_signed(">", head, n), n, head)
-    with cgutils.for_range(builder, head) as loop:
-        scalar(loop.index)
+    # a constant flag (a kernel that branches on it and passes True/False) emits only its own
+    # path: half the IR to optimize per call site, so hoisting the branch costs no compile time
+    fixed = bool(stream.constant) if isinstance(stream, ir.Constant) else None
+    if fixed is False:
+        head = const(0)
+    else:
+        mis = builder.and_(builder.ptrtoint(ay.data, n.type), const(ALIGN - 1))
+        to_line = builder.udiv(builder.and_(builder.sub(const(ALIGN), mis), const(ALIGN - 1)), const(ysize))
+        head = to_line if fixed else builder.select(stream, to_line, const(0))
+        head = builder.select(builder.icmp_signed(">", head, n), n, head)
+        with cgutils.for_range(builder, head) as loop:
+            scalar(loop.index)
     nvec = builder.sdiv(builder.sub(n, head), const(W))
-    with builder.if_else(stream) as (streamed, cached):
-        with streamed:
-            vectors(head, nvec, True)
-        with cached:
-            vectors(head, nvec, False)
+    if fixed is None:
+        with builder.if_else(stream) as (streamed, cached):
+            with streamed:
+                vectors(head, nvec, True)
+            with cached:
+                vectors(head, nvec, False)
+    else:
+        vectors(head, nvec, fixed)
     tail = builder.add(head, builder.mul(nvec, const(W)))
     with cgutils.for_range_slice(builder, tail, n, const(1)) as (i, _):
         scalar(i)

@@ -221,8 +221,8 @@ class NumbaBackend(Backend):
             y = _out((n, c, l_), dtype=x.dtype)
             p = _row_pieces(nt, x)
             m, v, w, b = (_rep(_vec(a), p) for a in (mean, var, weight, bias))
-            k.affine_ncl(_cut(x, p), m, v, float(eps), w, b, _cut(y, p), _blocks(n * c * p, nt),
-                         _stream(x, l_ // p, 2))
+            kernel = k.affine_ncl_nt if _stream(x, l_ // p, 2) else k.affine_ncl
+            kernel(_cut(x, p), m, v, float(eps), w, b, _cut(y, p), _blocks(n * c * p, nt))
         return y.astype(orig, copy=False)
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
@@ -253,8 +253,9 @@ class NumbaBackend(Backend):
         else:
             dx = _out((n, c, l_), dtype=x.dtype)
             p = _row_pieces(nt, x, dy)
-            k.bwd_apply_ncl(_cut(dy, p), _cut(x, p), *(_rep(v, p) for v in (mu, a, k2, k3)),
-                            _cut(dx, p), _blocks(n * c * p, nt), _stream(x, l_ // p, 3))
+            kernel = k.bwd_apply_ncl_nt if _stream(x, l_ // p, 3) else k.bwd_apply_ncl
+            kernel(_cut(dy, p), _cut(x, p), *(_rep(v, p) for v in (mu, a, k2, k3)), _cut(dx, p),
+                   _blocks(n * c * p, nt))
         gd = orig if weight is None else np.asarray(weight).dtype
         dx = dx.astype(orig, copy=False)
         return dx, dweight.astype(gd), dbias.astype(gd)
