@@ -9,6 +9,12 @@ Bandwidth accounting per element (s = itemsize), the floor being a copy (2s):
 * backward:  read x, dy (row sums), read them again from cache, write dx -> 3s in DRAM terms.
              dweight/dbias (sums over (n, l)) are accumulated while the row is in cache.
 
+Measured on GroupNorm(32) (16, 256, 32, 32) float32, 2 threads: the statistics alone (a read of
+x) take ~120 us, the normalize map alone (read x, write y) about a copy (~280 us), and the fused
+forward ~420 us: their sum, although its memory traffic is a copy's. Software prefetch of the
+row after next (2 or 3 rows ahead) made it 8-30% slower; float32 arithmetic in the maps changed
+nothing (see _vmap).
+
 Rows are split into one fixed contiguous block per thread (``prange`` over blocks): the
 partition only depends on the thread count, so results are deterministic. dweight/dbias of
 LayerNorm is a column reduction over all rows: every block accumulates into its own (G, D)

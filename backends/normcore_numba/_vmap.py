@@ -17,6 +17,12 @@ elements, with no alias checks (the backend allocates y: x and y never partially
 Results equal the scalar loop's bit for bit (the same float64 operations per element, no
 contraction).
 
+Tried and not taken: float32 lanes for float32 rows (``t = x - mean`` rounded to float32, then
+one fused multiply-add with the mean's rounding folded into the constant term, accurate to a few
+ulps even at |mean| >> std). The maps' vector work halves (no conversions), yet no pass got
+faster on this 2-core host (BatchNorm, GroupNorm and LayerNorm kernels, A/B in one process,
+within 3%): the maps wait on memory, not on the conversions. float64 keeps one rounding.
+
 ``stream=True`` writes the vector body with non-temporal stores (``!nontemporal``; MOVNT on
 x86), after a scalar head that brings y to a 64-byte boundary. A normal store first reads the
 line it writes (read-for-ownership): when the pass's arrays do not fit in the last-level cache
