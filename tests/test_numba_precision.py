@@ -29,3 +29,23 @@ def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) 
     for name, a, e in zip(("dx", "dweight", "dbias"), got, ref, strict=True):
         err = np.abs(np.asarray(a, np.float64) - e).max() / np.abs(e).max()
         assert err < 1e-4, f"{name}: off by {err:.2e} of its largest entry"
+
+
+@pytest.mark.parametrize("length", [1, 7, 15, 16, 17, 49, 64, 200, 511, 512])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: type) -> None:
+    """The row-range kernels (rows of up to 512) sum float32 lanes about x[0, c, 0], flushing them
+    into float64 every few rows: with that sample 8 std away from the mean (the worst case for
+    shifted sums) and mean 1e4, mean and variance stay within 2e-5 relative of float64. Lengths
+    cross the 16-lane vectors, the masked tail and the flush period."""
+    rng = np.random.default_rng(length)
+    x = rng.normal(1e4, 1.0, size=(300, 3, length)).astype(dtype)
+    x[0, :, 0] += 8.0
+    xs = [x, np.repeat(x, 2, axis=0)[::2]]  # contiguous, and rows at a wider n stride
+    for arr in xs:
+        mean, var = normcore.get_backend("numba").channel_moments(arr)
+        x64 = arr.astype(np.float64)
+        want_mean, want_var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+        tol = 2e-5 if dtype == np.float32 else 1e-9  # float64: summation order only
+        assert np.all(np.abs(mean - want_mean) <= tol * np.sqrt(want_var) + np.spacing(mean))
+        assert np.all(np.abs(var - want_var) <= tol * want_var + np.spacing(var))

@@ -14,8 +14,9 @@ channels-last layout, units are split into one fixed contiguous block per thread
 writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes inside
 prange): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
 row pays no tree sum of its own. The partials are merged in block and lane order after the
-prange, in the same compiled call (deterministic for a fixed thread count). Short rows with
-enough N go n-block by n-block instead (``*_rows``: one channel's rows in one SIMD pass).
+prange, in the same compiled call (deterministic for a fixed thread count). Contiguous rows of up to 512
+elements go through ``*_rows`` instead: each block hands its range of rows to one intrinsic
+(``_simd.vrows0``/``vrows1``) that walks them itself and keeps (blocks, C, ROW_LANES) partials.
 Reductions walk their block's units like an odometer (chunk, c, n): a ``prange`` iteration
 costs far more than a loop iteration, and decoding a unit index takes integer divisions, so
 each block decodes its first unit once. Element-wise passes take whole rows only, in nested
@@ -46,10 +47,8 @@ from ._common import (
     affine_row,
     grad_row,
     lane_shift,
-    rows_dot2_centered,
-    rows_sums_shifted,
 )
-from ._simd import FOLD  # noqa: F401  (re-exported: the backend sizes the partials with it)
+from ._simd import FOLD, ROW_LANES, vrows0, vrows1  # noqa: F401  (FOLD: the backend sizes partials)
 from ._vmap import store_fence
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
@@ -181,20 +180,32 @@ def moments_ncl(x, k, nchunk, p1, p2):
     return _moments(p1, p2, k, n_ * x.shape[2])
 
 
+@njit(inline="always", **HELPER)
+def _lane_sums(c_, nblk, dtype):
+    """Zeroed (nblk, C, ROW_LANES) float64 partials and (uninitialized) scratch lanes of
+    ``dtype`` for the row-range intrinsics, allocated in the kernel: four NumPy allocations per
+    call from Python cost more than a small layer's kernel (zeroed by loops: np.zeros in a
+    parallel kernel becomes a parfor of its own, which costs compile time)."""
+    p1 = np.empty((nblk, c_, ROW_LANES))
+    p2 = np.empty((nblk, c_, ROW_LANES))
+    f1 = p1.reshape(-1)
+    f2 = p2.reshape(-1)
+    for i in range(f1.size):
+        f1[i] = 0.0
+        f2[i] = 0.0
+    return p1, p2, np.empty((nblk, c_, ROW_LANES), dtype), np.empty((nblk, c_, ROW_LANES), dtype)
+
+
 @njit(**KERNEL)
-def moments_ncl_rows(x, k, p1, p2):
-    """moments_ncl for short rows (small L): each block takes a range of n and sums each channel's
-    rows in one SIMD pass, so a tree sum is paid per (block, channel) rather than per row."""
-    n_, c_, _ = x.shape
-    nblk = p1.shape[0]
+def moments_ncl_rows(x, k, nblk):
+    """moments_ncl for whole contiguous rows of up to 512 elements: each block sums its range of
+    (n, c) rows in one intrinsic call (vrows0), with no per-row slicing or odometer in numba."""
+    n_, c_, l_ = x.shape
+    rows = n_ * c_
+    p1, p2, q1, q2 = _lane_sums(c_, nblk, x.dtype)
     for b in prange(nblk):
-        n0 = b * n_ // nblk
-        n1 = (b + 1) * n_ // nblk
-        for c in range(c_):
-            s1, s2 = rows_sums_shifted(x[n0:n1, c, :], k[c])
-            p1[b, c] = s1
-            p2[b, c] = s2
-    return _moments(p1.reshape((nblk, c_, 1)), p2.reshape((nblk, c_, 1)), k, n_ * x.shape[2])
+        vrows0(x, x, k, b * rows // nblk, (b + 1) * rows // nblk, p1[b], p2[b], q1[b], q2[b])
+    return _moments(p1, p2, k, n_ * l_)
 
 
 @njit(inline="always", **HELPER)
@@ -246,6 +257,20 @@ def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
         store_fence()
 
 
+@njit(inline="always", **HELPER)
+def _onto_mu(dy, x, mu, pb, pw):
+    """Move the second backward sums from lane_shift(mu) onto mu: sum(dy * (x - mu)) = sum(dy *
+    (x - mu')) + (mu' - mu) * sum(dy), added once to block 0's lane 0 (after the prange)."""
+    for c in range(pb.shape[1]):
+        d = lane_shift(dy, x, mu[c]) - mu[c]
+        if d != 0.0:
+            s = 0.0
+            for b in range(pb.shape[0]):  # loops: an array .sum() here becomes a nested parfor,
+                for j in range(pb.shape[2]):  # which costs compile time
+                    s += pb[b, c, j]
+            pw[0, c, 0] += d * s
+
+
 @njit(**KERNEL)
 def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
     """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed into pb, pw of shape
@@ -262,30 +287,21 @@ def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
         for _ in range(u0, u1):
             acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
             n, c, ch = _next_unit(n, c, ch, nchunk, c_)
-        for c in range(c_):  # move the second sums from lane_shift onto mu (linear in sum(dy))
-            d = lane_shift(dy, x, mu[c]) - mu[c]
-            if d != 0.0:
-                s = 0.0
-                for j in range(a1.shape[1]):  # a loop: an array .sum() here becomes a nested
-                    s += a1[c, j]               # parfor, which costs compile time
-                a2[c, 0] += d * s
+    _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * x.shape[2], batch_stats)
 
 
 @njit(**KERNEL)
-def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
-    """bwd_reduce_ncl for short rows (see moments_ncl_rows)."""
-    n_, c_, _ = x.shape
-    nblk = pb.shape[0]
+def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
+    """bwd_reduce_ncl for whole contiguous rows of up to 512 elements (vrows1, as
+    moments_ncl_rows)."""
+    n_, c_, l_ = x.shape
+    rows = n_ * c_
+    pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
     for b in prange(nblk):
-        n0 = b * n_ // nblk
-        n1 = (b + 1) * n_ // nblk
-        for c in range(c_):
-            s1, s2 = rows_dot2_centered(dy[n0:n1, c, :], x[n0:n1, c, :], mu[c])
-            pb[b, c] = s1
-            pw[b, c] = s2
-    return _grad_coeffs(pb.reshape((nblk, c_, 1)), pw.reshape((nblk, c_, 1)), mu, var, eps, weight,
-                        n_ * x.shape[2], batch_stats)
+        vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, pb[b], pw[b], q1[b], q2[b])
+    _onto_mu(dy, x, mu, pb, pw)
+    return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
 
 
 @njit(inline="always", **HELPER)

@@ -158,18 +158,6 @@ def wdot2_centered(dy, x, w, mu):
     raise NotImplementedError
 
 
-def rows_sums_shifted(v2, k):
-    """sums_shifted over every row of a 2-D view (jit-only). Its rows must be contiguous (unit
-    inner stride): the intrinsic reads them so, unchecked (a check costs compile time), and the
-    callers in backend.py only choose the kernels that use it for such views."""
-    raise NotImplementedError
-
-
-def rows_dot2_centered(dy2, x2, mu):
-    """dot2_centered over every row of 2-D views whose rows are contiguous (jit-only)."""
-    raise NotImplementedError
-
-
 def _contig(*arrs):
     return all(getattr(a, "layout", "") == "C" and a.ndim == 1 for a in arrs)
 
@@ -193,16 +181,6 @@ def _ov_wdot2(dy, x, w, mu):
     if _contig(dy, x, w):
         return lambda dy, x, w, mu: vred2(x, dy, w, mu)
     return lambda dy, x, w, mu: _wdot2_scalar(dy, x, w, mu)
-
-
-@overload(rows_sums_shifted, jit_options=HELPER)
-def _ov_rows_sums(v2, k):
-    return lambda v2, k: vred0(v2, v2, v2, k)
-
-
-@overload(rows_dot2_centered, jit_options=HELPER)
-def _ov_rows_dot2(dy2, x2, mu):
-    return lambda dy2, x2, mu: vred1(x2, dy2, x2, mu)
 
 
 def affine_row(x, y, a, s, stream):

@@ -146,11 +146,11 @@ def _channels_last(x3: np.ndarray) -> bool:
     return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
 
 
-def _short_rows(x3: np.ndarray, nt: int) -> bool:
-    """Per-channel sums of short (N, C, L) rows go n-block by n-block (one tree sum per block and
-    channel, not per row) when there are enough n for every thread and rows are contiguous."""
-    n, _, l_ = x3.shape
-    return l_ <= 512 and n >= nt and (l_ < 2 or x3.strides[2] == x3.itemsize)
+def _short_rows(x3: np.ndarray) -> bool:
+    """Per-channel sums of (N, C, L) rows of up to 512 elements go through the row-range
+    kernels (``*_ncl_rows``: vrows0/vrows1), which need contiguous rows."""
+    l_ = x3.shape[2]
+    return l_ <= 512 and (l_ < 2 or x3.strides[2] == x3.itemsize)
 
 
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
@@ -196,9 +196,8 @@ class NumbaBackend(Backend):
         if _channels_last(x):
             p1, p2 = _partials(_blocks(n * l_, nt), c)
             mean, var = k.moments_nlc(x.transpose(0, 2, 1), shift, p1, p2)
-        elif _short_rows(x, nt):
-            p1, p2 = _partials(_blocks(n, nt), c)
-            mean, var = k.moments_ncl_rows(x, shift, p1, p2)
+        elif _short_rows(x):
+            mean, var = k.moments_ncl_rows(x, shift, _blocks(n * c, nt))
         else:
             nch = _nchunk(n * c, l_, nt)
             p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
@@ -240,9 +239,8 @@ class NumbaBackend(Backend):
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
             pb, pw = _partials(_blocks(n * l_, nt), c)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, *stats, pb, pw)
-        elif _short_rows(x, nt) and _short_rows(dy, nt):
-            pb, pw = _partials(_blocks(n, nt), c)
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, pb, pw)
+        elif _short_rows(x) and _short_rows(dy):
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
         else:
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
