@@ -295,15 +295,17 @@ class _BatchNorm(_NormBase):
         if channels != self.num_features:
             raise ShapeError(f"expected input with {self.num_features} channels at dim 1, got "
                              f"{channels} (input shape {tuple(input.shape)})")
+        buffers = self._buffers  # (not the attribute lookups: each misses __dict__ first)
         update_stats = self.training and self.track_running_stats
-        tracked = int(self.num_batches_tracked) + 1 if update_stats else 0
+        tracked = int(buffers["num_batches_tracked"]) + 1 if update_stats else 0
         factor = 0.0 if self.momentum is None else self.momentum
         if update_stats and self.momentum is None:
             factor = 1.0 / tracked  # cumulative moving average
-        use_batch = self.training or self.running_mean is None
+        rm, rv = buffers.get("running_mean"), buffers.get("running_var")
+        use_batch = self.training or rm is None
         # In training without tracking torch passes no running statistics at all.
-        rm = self.running_mean if (not self.training or self.track_running_stats) else None
-        rv = self.running_var if (not self.training or self.track_running_stats) else None
+        if self.training and not self.track_running_stats:
+            rm = rv = None
         y, saved, update = F._batch_norm(input, rm, rv, self._weight(), self._bias(), use_batch,
                                          factor, self.eps, self.backend)
         # Commit state only after everything succeeded.

@@ -36,10 +36,19 @@ def _kernels(name: str):
     return mod
 
 
-def _num_threads() -> int:
-    import numba
+_get_num_threads: Any = None
 
-    return numba.get_num_threads()
+
+def _num_threads() -> int:
+    """numba.get_num_threads(), read on every call (it follows numba.set_num_threads and
+    NUMBA_NUM_THREADS); the function is looked up once (an ``import numba`` statement per layer
+    call cost a microsecond of the small layers' ~15)."""
+    global _get_num_threads
+    if _get_num_threads is None:
+        import numba
+
+        _get_num_threads = numba.get_num_threads
+    return _get_num_threads()
 
 
 def _blocks(units: int, nt: int) -> int:
