@@ -219,7 +219,7 @@ def _row_span(r0, r1, c_):
 
 
 @njit(inline="always", **HELPER)
-def _affine_rows(x, y, scale, shift, r0, r1, stream):
+def _affine_rows(x, y, mu, scale, shift, r0, r1, stream):
     """affine_row over whole rows r0..r1: nested (n, c) loops, the cheapest walk (a row of 64
     elements is a few vectors, so the walk's own cost shows)."""
     n0, c0, n_end, c1 = _row_span(r0, r1, x.shape[1])
@@ -227,7 +227,23 @@ def _affine_rows(x, y, scale, shift, r0, r1, stream):
         xn = x[n]
         yn = y[n]
         for c in range(c0 if n == n0 else 0, c1 if n == n_end - 1 else x.shape[1]):
-            affine_row(xn[c], yn[c], scale[c], shift[c], stream)
+            affine_row(xn[c], yn[c], mu[c], scale[c], shift[c], stream)
+
+
+@njit(inline="always", **HELPER)
+def _centered(mean, var, eps, weight, bias):
+    """(mean, scale, bias) for y = (x - mean) * scale + bias, float64 (see _vmap.vaffine: the
+    centred form keeps float32 lanes accurate when |mean| >> std)."""
+    c_ = mean.shape[0]
+    mu = np.empty(c_)
+    scale = np.empty(c_)
+    shift = np.empty(c_)
+    for c in range(c_):
+        a = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
+        mu[c] = numba.float64(mean[c])
+        scale[c] = a if weight is None else a * numba.float64(weight[c])
+        shift[c] = 0.0 if bias is None else numba.float64(bias[c])
+    return mu, scale, shift
 
 
 # The element-wise kernels come in two: cached stores and non-temporal ones (``*_nt``, an
@@ -241,19 +257,19 @@ def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add. Whole
     rows only: the backend hands few long rows over cut into pieces (a (N, C * k, L / k) view,
     the statistics repeated)."""
-    scale, shift = _scale_shift(mean, var, eps, weight, bias)
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
     rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
-        _affine_rows(x, y, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, False)
+        _affine_rows(x, y, mu, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, False)
 
 
 @njit(**KERNEL)
 def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
     """affine_ncl with non-temporal stores."""
-    scale, shift = _scale_shift(mean, var, eps, weight, bias)
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
     rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
-        _affine_rows(x, y, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, True)
+        _affine_rows(x, y, mu, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, True)
         store_fence()
 
 

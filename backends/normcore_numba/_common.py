@@ -183,9 +183,9 @@ def _ov_wdot2(dy, x, w, mu):
     return lambda dy, x, w, mu: _wdot2_scalar(dy, x, w, mu)
 
 
-def affine_row(x, y, a, s, stream):
-    """y[i] = float64(x[i]) * a + s, rounded once (jit-only; dispatches on layout). ``stream``:
-    non-temporal stores (see ``_vmap``; the caller fences)."""
+def affine_row(x, y, c, a, s, stream):
+    """y[i] = (float64(x[i]) - c) * a + s (jit-only; dispatches on layout; float32 lanes for
+    contiguous float32 rows, see _vmap). ``stream``: non-temporal stores (the caller fences)."""
     raise NotImplementedError
 
 
@@ -195,9 +195,9 @@ def norm_row(x, y, w, b, mu, rstd, stream):
 
 
 @njit(**HELPER)
-def _affine_row_scalar(x, y, a, s):
+def _affine_row_scalar(x, y, c, a, s):
     for i in range(x.shape[0]):
-        y[i] = numba.float64(x[i]) * a + s
+        y[i] = (numba.float64(x[i]) - c) * a + s
 
 
 @njit(**HELPER)
@@ -207,10 +207,10 @@ def _norm_row_scalar(x, y, w, b, mu, rstd):
 
 
 @overload(affine_row, jit_options=HELPER, inline="always")
-def _ov_affine_row(x, y, a, s, stream):
+def _ov_affine_row(x, y, c, a, s, stream):
     if _contig(x, y):
-        return lambda x, y, a, s, stream: vaffine(x, y, a, s, stream)
-    return lambda x, y, a, s, stream: _affine_row_scalar(x, y, a, s)
+        return lambda x, y, c, a, s, stream: vaffine(x, y, c, a, s, stream)
+    return lambda x, y, c, a, s, stream: _affine_row_scalar(x, y, c, a, s)
 
 
 @overload(norm_row, jit_options=HELPER)
@@ -220,8 +220,8 @@ def _ov_norm_row(x, y, w, b, mu, rstd, stream):
     return lambda x, y, w, b, mu, rstd, stream: _norm_row_scalar(x, y, w, b, mu, rstd)
 
 
-def affine_row_sums(x, y, a, s, stream, nxt, k):
-    """affine_row(x, y, a, s, stream) that returns sums_shifted(nxt, k) of a row of x's length,
+def affine_row_sums(x, y, c, a, s, stream, nxt, k):
+    """affine_row(x, y, c, a, s, stream) that returns sums_shifted(nxt, k) of a row of x's length,
     read in the same loop (jit-only)."""
     raise NotImplementedError
 
@@ -232,12 +232,12 @@ def norm_row_sums(x, y, w, b, mu, rstd, stream, nxt, k):
 
 
 @overload(affine_row_sums, jit_options=HELPER, inline="always")
-def _ov_affine_row_sums(x, y, a, s, stream, nxt, k):
+def _ov_affine_row_sums(x, y, c, a, s, stream, nxt, k):
     if _contig(x, y, nxt):
-        return lambda x, y, a, s, stream, nxt, k: vaffine_sums(x, y, a, s, stream, nxt, k)
+        return lambda x, y, c, a, s, stream, nxt, k: vaffine_sums(x, y, c, a, s, stream, nxt, k)
 
-    def separate(x, y, a, s, stream, nxt, k):
-        _affine_row_scalar(x, y, a, s)
+    def separate(x, y, c, a, s, stream, nxt, k):
+        _affine_row_scalar(x, y, c, a, s)
         return _sums_shifted_scalar(nxt, k)
 
     return separate

@@ -133,11 +133,11 @@ def fwd4(x, w, b, eps, center, y, nblk, stream):
                 s2 = 0.0
                 for d in range(d_):
                     sc = rstd * w[g, d]
-                    sh = b[g, d] - mu * sc
                     if last:
-                        affine_row(x[n, g, d], y[n, g, d], sc, sh, stream)
+                        affine_row(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream)
                     else:
-                        a1, a2 = affine_row_sums(x[n, g, d], y[n, g, d], sc, sh, stream, x[nn, ng, d], k)
+                        a1, a2 = affine_row_sums(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream,
+                                                 x[nn, ng, d], k)
                         s1 += a1
                         s2 += a2
             if stream:

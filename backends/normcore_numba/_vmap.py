@@ -1,14 +1,15 @@
 """Explicit-SIMD element-wise maps for contiguous 1-D rows, computed in float64 and rounded once
 to y's dtype (LLVM vector IR via ``@intrinsic``):
 
-* ``vaffine(x, y, a, s, stream)``:                 ``y = x * a + s``          (a, s scalars)
+* ``vaffine(x, y, c, a, s, stream)``:              ``y = (x - c) * a + s``    (c, a, s scalars)
 * ``vnorm(x, y, w, b, mu, rstd, stream)``:         ``y = ((x - mu) * rstd) * w + b``
 * ``vgrad(dy, x, dx, a, k2, mu, k3, stream)``:     ``dx = a * dy - k2 * (x - mu) - k3``
 * ``vgradw(dy, x, w, dx, rstd, k2, mu, k3, ...)``: ``dx = (rstd * w) * dy - k2 * (x - mu) - k3``
 * ``vaffine_sums``, ``vnorm_sums``: vaffine, vnorm that also return the shifted sums of another
   row (the next one), read in the same loop (see ``_NextRowSums``).
 
-(w, b are float64 rows; the other parameters float64 scalars.)
+(w, b are rows of any float dtype; the other parameters float64 scalars. When every array of a
+map is float32 it runs in float32 lanes, see ``_affine_value32``.)
 
 Why not LLVM's own loop: for a short row (BatchNorm rows of 49..784 elements) it is a 64-element
 unrolled body, runtime alias checks between x and y, and a scalar remainder loop, so a 7x7 row
@@ -17,11 +18,14 @@ elements, with no alias checks (the backend allocates y: x and y never partially
 Results equal the scalar loop's bit for bit (the same float64 operations per element, no
 contraction).
 
-Tried and not taken: float32 lanes for float32 rows (``t = x - mean`` rounded to float32, then
-one fused multiply-add with the mean's rounding folded into the constant term, accurate to a few
-ulps even at |mean| >> std). The maps' vector work halves (no conversions), yet no pass got
-faster on this 2-core host (BatchNorm, GroupNorm and LayerNorm kernels, A/B in one process,
-within 3%): the maps wait on memory, not on the conversions. float64 keeps one rounding.
+float32 lanes for float32 rows (``value32``): ``t = x - c`` in float32, then one fused
+multiply-add with c's rounding folded into the constant (LayerNorm: subtracted, as w varies),
+a few float32 ulps from the float64 result even at |mean| >> std; the head and tail elements use
+the same float32 operations, so every element has one result whichever path it takes. Measured
+(2 threads, one process, A/B): GroupNorm forward on a cache-sized 4 MB 80 -> 71 us, InstanceNorm
+77 -> 65 us; on 16 MB, when the host's memory is the limit, 3-5%; BatchNorm normalize even.
+The fused loops (normalize one row while summing the next) wait on their arithmetic once the
+data is in cache; the plain maps wait on memory either way.
 
 ``stream=True`` writes the vector body with non-temporal stores (``!nontemporal``; MOVNT on
 x86), after a scalar head that brings y to a 64-byte boundary. A normal store first reads the
@@ -54,17 +58,21 @@ def _convert(builder, v, to):
     return builder.fpext(v, to) if wide else builder.fptrunc(v, to)
 
 
-def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
+def _row_map(context, builder, ins, y_ty, y, stream, value, also=None, value32=None):
     """Emit ``y[i] = value([u[i] as float64 for u in ins], i, lanes)`` over contiguous rows of one
     length, 16 lanes at a time; ``ins`` is a list of (numba type, value) and ``value`` gets float64
     scalars (lanes 0) or <16 x double> vectors and returns the same shape. ``also(i, lanes)``,
-    when given, runs in the same loop steps (the next row's sums, see ``_NextRowSums``)."""
+    when given, runs in the same loop steps (the next row's sums, see ``_NextRowSums``).
+    ``value32``, when given and every array is float32, computes instead, on float32 scalars
+    and <16 x float> vectors as loaded (the same operations on both: one result per element
+    whichever path it takes)."""
     arrs = [(context.make_array(t)(context, builder, v), t) for t, v in ins]
     ay = context.make_array(y_ty)(context, builder, y)
     n = builder.extract_value(arrs[0][0].shape, 0)
     const = lambda v: ir.Constant(n.type, v)  # noqa: E731
     ye, ysize = context.get_data_type(y_ty.dtype), y_ty.dtype.bitwidth // 8
     nt_md = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+    narrow = value32 is not None and all(t.dtype == types.float32 for t, _ in ins) and ye == _F32
 
     def at(arr, elt, i, lanes):
         p = builder.gep(arr.data, [i], inbounds=True)
@@ -75,11 +83,14 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
         for arr, t in arrs:
             elt = context.get_data_type(t.dtype)
             v = builder.load(at(arr, elt, i, lanes), align=t.dtype.bitwidth // 8)
-            out.append(_convert(builder, v, ir.VectorType(_F64, lanes) if lanes else _F64))
+            if not narrow:
+                v = _convert(builder, v, ir.VectorType(_F64, lanes) if lanes else _F64)
+            out.append(v)
         return out
 
     def scalar(i):
-        builder.store(_convert(builder, value(load(i, 0), i, 0), ye), at(ay, ye, i, 0))
+        r = (value32 if narrow else value)(load(i, 0), i, 0)
+        builder.store(_convert(builder, r, ye), at(ay, ye, i, 0))
         if also is not None:
             also(i, 0)
 
@@ -89,7 +100,8 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None):
 
         def one(j):  # vector j: elements first + j*W ...
             i = builder.add(first, builder.mul(j, const(W)))
-            r = _convert(builder, value(load(i, W), i, W), ir.VectorType(ye, W))
+            r = (value32 if narrow else value)(load(i, W), i, W)
+            r = _convert(builder, r, ir.VectorType(ye, W))
             st = builder.store(r, at(ay, ye, i, W), align=ALIGN if nontemporal else ysize)
             if nontemporal:
                 st.set_metadata("nontemporal", nt_md)
@@ -148,11 +160,39 @@ def _scalars(builder, values, lanes):
 
 
 def _affine_value(builder, args):
-    """x * a + s with (x, y, a, s, ...) = args."""
+    """(x - c) * a + s with (x, y, c, a, s, ...) = args."""
 
     def value(xs, i, lanes):
-        a, s = _scalars(builder, args[2:4], lanes)
-        return builder.fadd(builder.fmul(xs[0], a), s)
+        c, a, s = _scalars(builder, args[2:5], lanes)
+        return builder.fadd(builder.fmul(builder.fsub(xs[0], c), a), s)
+
+    return value
+
+
+def _fma(builder, a, b, c):
+    """a * b + c rounded once (llvm.fma; one instruction with FMA hardware)."""
+    name = f"v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
+                                        f"llvm.fma.{name}")
+    return builder.call(fn, [a, b, c])
+
+
+def _affine_value32(builder, args):
+    """(x - c) * a + s in float32 lanes: t = x - c32 (exact when x is within a factor of two of
+    c32, Sterbenz), then one fused multiply-add with the rounding of c folded into the constant,
+    s + (c32 - c) * a: a few float32 ulps of y even at |c| >> |x - c| (where x * a + s folded
+    into one constant loses |c * a| * 2**-24). Half the vector work of the float64 value: no
+    conversions, one rounding less precise."""
+    c, a, s = args[2:5]
+    c32 = builder.fptrunc(c, _F32)
+    s_adj = builder.fadd(s, builder.fmul(builder.fsub(builder.fpext(c32, _F64), c), a))
+    consts = [builder.fptrunc(v, _F32) for v in (a, s_adj)]
+
+    def value(xs, i, lanes):
+        cv, av, sv = (c32, *consts)
+        if lanes:
+            cv, av, sv = (_splat(builder, v, ir.VectorType(_F32, lanes)) for v in (cv, av, sv))
+        return _fma(builder, builder.fsub(xs[0], cv), av, sv)
 
     return value
 
@@ -168,25 +208,48 @@ def _norm_value(builder, args):
     return value
 
 
+def _norm_value32(builder, args):
+    """((x - mu) * rstd) * w + b in float32 lanes (x, w, b float32): t = (x - mu32) - (mu -
+    mu32), then t * rstd and one fused multiply-add with w, b (see _affine_value32; the rounding
+    of mu is subtracted, not folded, as w varies along the row)."""
+    mu, rstd = args[4:6]
+    mu32 = builder.fptrunc(mu, _F32)
+    consts = (mu32, builder.fptrunc(builder.fsub(mu, builder.fpext(mu32, _F64)), _F32),
+              builder.fptrunc(rstd, _F32))
+
+    def value(v, i, lanes):
+        x, w, b = v
+        m, d, r = consts
+        if lanes:
+            m, d, r = (_splat(builder, c, ir.VectorType(_F32, lanes)) for c in consts)
+        return _fma(builder, builder.fmul(builder.fsub(builder.fsub(x, m), d), r), w, b)
+
+    return value
+
+
 @intrinsic
-def vaffine(typingctx, x, y, a, s, stream):
-    """y[i] = float64(x[i]) * a + s for contiguous 1-D x, y of one length."""
+def vaffine(typingctx, x, y, c, a, s, stream):
+    """y[i] = (float64(x[i]) - c) * a + s for contiguous 1-D x, y of one length (float32 lanes
+    for float32 x and y, see _affine_value32)."""
 
     def codegen(context, builder, sig, args):
-        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4],
-                 _affine_value(builder, args))
+        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[5],
+                 _affine_value(builder, args), value32=_affine_value32(builder, args))
         return context.get_dummy_value()
 
-    return types.none(x, y, types.float64, types.float64, types.boolean), codegen
+    f64 = types.float64
+    return types.none(x, y, f64, f64, f64, types.boolean), codegen
 
 
 @intrinsic
 def vnorm(typingctx, x, y, w, b, mu, rstd, stream):
-    """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i]; w and b float64, all contiguous."""
+    """y[i] = ((float64(x[i]) - mu) * rstd) * w[i] + b[i], all contiguous (float32 lanes when x,
+    y, w and b are float32, see _norm_value32)."""
 
     def codegen(context, builder, sig, args):
         ins = [(sig.args[k], args[k]) for k in (0, 2, 3)]
-        _row_map(context, builder, ins, sig.args[1], args[1], args[6], _norm_value(builder, args))
+        _row_map(context, builder, ins, sig.args[1], args[1], args[6], _norm_value(builder, args),
+                 value32=_norm_value32(builder, args))
         return context.get_dummy_value()
 
     return types.none(x, y, w, b, types.float64, types.float64, types.boolean), codegen
@@ -297,19 +360,19 @@ def _length(context, builder, sig, args):
 
 
 @intrinsic
-def vaffine_sums(typingctx, x, y, a, s, stream, nxt, k):
-    """vaffine(x, y, a, s, stream) that also returns (sum(nxt - k), sum((nxt - k)**2)) of a row
-    ``nxt`` at least as long as x (contiguous; unchecked)."""
+def vaffine_sums(typingctx, x, y, c, a, s, stream, nxt, k):
+    """vaffine(x, y, c, a, s, stream) that also returns (sum(nxt - k), sum((nxt - k)**2)) of a
+    row ``nxt`` at least as long as x (contiguous; unchecked)."""
 
     def codegen(context, builder, sig, args):
         n = _length(context, builder, sig, args)
-        sums = _NextRowSums(context, builder, sig.args[5], args[5], args[6], n)
-        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[4],
-                 _affine_value(builder, args), also=sums)
+        sums = _NextRowSums(context, builder, sig.args[6], args[6], args[7], n)
+        _row_map(context, builder, [(sig.args[0], args[0])], sig.args[1], args[1], args[5],
+                 _affine_value(builder, args), also=sums, value32=_affine_value32(builder, args))
         return sums.result(context, sig)
 
     f64 = types.float64
-    return types.UniTuple(f64, 2)(x, y, f64, f64, types.boolean, nxt, f64), codegen
+    return types.UniTuple(f64, 2)(x, y, f64, f64, f64, types.boolean, nxt, f64), codegen
 
 
 @intrinsic
@@ -322,7 +385,7 @@ def vnorm_sums(typingctx, x, y, w, b, mu, rstd, stream, nxt, k):
         sums = _NextRowSums(context, builder, sig.args[7], args[7], args[8], n)
         ins = [(sig.args[j], args[j]) for j in (0, 2, 3)]
         _row_map(context, builder, ins, sig.args[1], args[1], args[6], _norm_value(builder, args),
-                 also=sums)
+                 also=sums, value32=_norm_value32(builder, args))
         return sums.result(context, sig)
 
     f64 = types.float64

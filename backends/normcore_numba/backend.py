@@ -140,6 +140,14 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
+def _row_param(a: Any, dtype: np.dtype) -> np.ndarray:
+    """A weight or bias for the row maps, contiguous, in x's (computing) dtype when it holds it
+    exactly (float16/float32 parameters of float32 input), float64 otherwise."""
+    a = np.asarray(a)
+    exact = np.can_cast(a.dtype, dtype, casting="safe")
+    return np.ascontiguousarray(a, dtype=dtype if exact else _F64)
+
+
 def _vec(a: Any) -> np.ndarray | None:
     """A statistic or parameter vector for a kernel that widens it per element (numba has no
     float16 arithmetic: float16 goes in as float32, exactly); None stays None."""
@@ -285,8 +293,9 @@ class NumbaBackend(Backend):
         orig = np.asarray(x4).dtype
         x = _widen(x4)
         n, g, d, l_ = x.shape
-        w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
-        b = np.zeros((g, d)) if bias is None else _f64(bias).reshape(g, d)
+        # parameters in x's dtype: float32 rows run the maps in float32 lanes (see _vmap)
+        w = np.ones((g, d), x.dtype) if weight is None else _row_param(weight, x.dtype).reshape(g, d)
+        b = np.zeros((g, d), x.dtype) if bias is None else _row_param(bias, x.dtype).reshape(g, d)
         y = _out(x.shape, dtype=x.dtype)
         nblk = _blocks(n * g, nt)
         if l_ == 1:
