@@ -182,18 +182,11 @@ def moments_ncl(x, k, nchunk, p1, p2):
 
 @njit(inline="always", **HELPER)
 def _lane_sums(c_, nblk, dtype):
-    """Zeroed (nblk, C, ROW_LANES) float64 partials and (uninitialized) scratch lanes of
-    ``dtype`` for the row-range intrinsics, allocated in the kernel: four NumPy allocations per
-    call from Python cost more than a small layer's kernel (zeroed by loops: np.zeros in a
-    parallel kernel becomes a parfor of its own, which costs compile time)."""
-    p1 = np.empty((nblk, c_, ROW_LANES))
-    p2 = np.empty((nblk, c_, ROW_LANES))
-    f1 = p1.reshape(-1)
-    f2 = p2.reshape(-1)
-    for i in range(f1.size):
-        f1[i] = 0.0
-        f2[i] = 0.0
-    return p1, p2, np.empty((nblk, c_, ROW_LANES), dtype), np.empty((nblk, c_, ROW_LANES), dtype)
+    """(nblk, C, ROW_LANES) float64 partials and scratch lanes of ``dtype`` for the row-range
+    intrinsics (which zero them), allocated in the kernel: four NumPy allocations per call from
+    Python cost more than a small layer's kernel."""
+    lanes = (nblk, c_, ROW_LANES)
+    return np.empty(lanes), np.empty(lanes), np.empty(lanes, dtype), np.empty(lanes, dtype)
 
 
 @njit(**KERNEL)

@@ -264,9 +264,10 @@ ROW_ADDS = 16
 
 def _rows_codegen(mode):
     """Codegen of vrows{mode}(a3, b3, k, r0, r1, p1, p2, q1, q2): for rows r0 <= r < r1 of
-    (N, C, L) views in (n, c) order, whose rows are contiguous, add the lanes of mode ``mode``'s
-    two sums over row (n, c), shifted by k[c], onto p1[c], p2[c] ((C, ROW_LANES) float64).
-    q1, q2: (C, ROW_LANES) scratch of the lanes' type (float32 for float32 input)."""
+    (N, C, L) views in (n, c) order, whose rows are contiguous, sum the lanes of mode ``mode``'s
+    two sums over the rows of each channel c, shifted by k[c], into p1[c], p2[c] ((C, ROW_LANES)
+    float64, overwritten). q1, q2: (C, ROW_LANES) scratch of the lanes' type (float32 for
+    float32 input)."""
 
     def codegen(context, builder, sig, args):
         a_ty, b_ty, k_ty, _, _, p_ty, _, q_ty, _ = sig.args
@@ -326,9 +327,12 @@ def _rows_codegen(mode):
                     add_into(lanes_at(p, ch.index, vd), _widen(builder, builder.load(qp, align=4), vd), 8)
                     builder.store(zero_v, qp, align=4)
 
-        with cgutils.for_range(builder, c_) as ch:
+        zero_d = ir.Constant(vd, [0.0] * ROW_LANES)
+        with cgutils.for_range(builder, c_) as ch:  # this block's partials and scratch, zeroed
             for q in (q1, q2):
                 builder.store(zero_v, lanes_at(q, ch.index, vt), align=4)
+            for p in (p1, p2):
+                builder.store(zero_d, lanes_at(p, ch.index, vd), align=8)
         nvec = builder.sdiv(l_, const(ROW_LANES))
         npair = builder.sdiv(nvec, const(2))
         odd = builder.icmp_signed("<", builder.mul(npair, const(2)), nvec)
@@ -407,9 +411,9 @@ def _make_rows(mode):
     return intrinsic(red)
 
 
-#: vrows0(x3, x3, k, r0, r1, p1, p2, q1, q2): p1[c] += lanes of sum(x - k[c]), p2[c] += lanes of
+#: vrows0(x3, x3, k, r0, r1, p1, p2, q1, q2): p1[c] = lanes of sum(x - k[c]), p2[c] = lanes of
 #: sum((x - k[c])**2) over rows r0..r1 of x3; k[c] must be exact in x's dtype (a sample of x).
-#: vrows1(x3, dy3, mu, r0, r1, p1, p2, q1, q2): p1[c] += lanes of sum(dy), p2[c] += lanes of
+#: vrows1(x3, dy3, mu, r0, r1, p1, p2, q1, q2): p1[c] = lanes of sum(dy), p2[c] = lanes of
 #: sum(dy * (x - mu')), mu' = lane_shift(dy, x, mu[c]) (the caller moves the sums onto mu).
 vrows0 = _make_rows(0)
 vrows1 = _make_rows(1)
