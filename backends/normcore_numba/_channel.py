@@ -81,24 +81,6 @@ def _moments(p1, p2, k, m):
 
 
 @njit(inline="always", **HELPER)
-def _scale_shift(mean, var, eps, weight, bias):
-    """y = x * scale + shift folds (x - mean) / sqrt(var + eps) * weight + bias, in float64."""
-    c_ = mean.shape[0]
-    scale = np.empty(c_)
-    shift = np.empty(c_)
-    for c in range(c_):
-        a = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
-        if weight is not None:
-            a *= numba.float64(weight[c])
-        s = -numba.float64(mean[c]) * a
-        if bias is not None:
-            s += numba.float64(bias[c])
-        scale[c] = a
-        shift[c] = s
-    return scale, shift
-
-
-@njit(inline="always", **HELPER)
 def _grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
     """From the backward sums (sum(dy), sum(dy * (x - mu))): dbias, dweight and the coefficients
     of dx = a * dy - k2 * (x - mu) - k3 (k2 = k3 = 0 with running statistics)."""
@@ -225,8 +207,9 @@ def _affine_rows(x, y, mu, scale, shift, r0, r1, stream):
 
 @njit(inline="always", **HELPER)
 def _centered(mean, var, eps, weight, bias):
-    """(mean, scale, bias) for y = (x - mean) * scale + bias, float64 (see _vmap.vaffine: the
-    centred form keeps float32 lanes accurate when |mean| >> std)."""
+    """(mean, scale, bias) for y = (x - mean) * scale + bias, float64: every element-wise
+    BatchNorm pass uses this centred form (it keeps _vmap's float32 lanes accurate when
+    |mean| >> std)."""
     c_ = mean.shape[0]
     mu = np.empty(c_)
     scale = np.empty(c_)
@@ -399,7 +382,7 @@ def moments_nlc(x, k, p1, p2):
 @njit(**KERNEL)
 def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
     n_, l_, c_ = x.shape
-    scale, shift = _scale_shift(mean, var, eps, weight, bias)
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
     rows = n_ * l_
     for b in prange(nblk):
         r0 = b * rows // nblk
@@ -409,7 +392,7 @@ def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
             xr = x[n, l]
             yr = y[n, l]
             for c in range(c_):
-                yr[c] = numba.float64(xr[c]) * scale[c] + shift[c]
+                yr[c] = (numba.float64(xr[c]) - mu[c]) * scale[c] + shift[c]
             l += 1
             if l == l_:
                 l = 0

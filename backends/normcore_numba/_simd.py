@@ -324,7 +324,7 @@ def _rows_codegen(mode):
             with cgutils.for_range(builder, c_) as ch:
                 for q, p in ((q1, p1), (q2, p2)):
                     qp = lanes_at(q, ch.index, vt)
-                    add_into(lanes_at(p, ch.index, vd), _widen(builder, builder.load(qp, align=4), vd), 8)
+                    add_into(lanes_at(p, ch.index, vd), _convert(builder, builder.load(qp, align=4), vd), 8)
                     builder.store(zero_v, qp, align=4)
 
         zero_d = ir.Constant(vd, [0.0] * ROW_LANES)
@@ -394,8 +394,12 @@ def _rows_codegen(mode):
     return codegen
 
 
-def _widen(builder, v, to):
-    return v if v.type == to else builder.fpext(v, to)
+def _convert(builder, v, to):
+    """fpext/fptrunc between float types (scalars or vectors of the same length)."""
+    if v.type == to:
+        return v
+    wide = (to.element if isinstance(to, ir.VectorType) else to) == _F64
+    return builder.fpext(v, to) if wide else builder.fptrunc(v, to)
 
 
 def _make_rows(mode):

@@ -43,19 +43,11 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._simd import _F32, FLUSH, _hsum, _splat
+from ._simd import _F32, FLUSH, _convert, _hsum, _splat
 
 W = 16
 ALIGN = 64
 _F64 = ir.DoubleType()
-
-
-def _convert(builder, v, to):
-    """fpext/fptrunc between float types (scalars or vectors of the same length)."""
-    if v.type == to:
-        return v
-    wide = (to.element if isinstance(to, ir.VectorType) else to) == _F64
-    return builder.fpext(v, to) if wide else builder.fptrunc(v, to)
 
 
 def _row_map(context, builder, ins, y_ty, y, stream, value, also=None, value32=None):
