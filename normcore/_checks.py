@@ -55,6 +55,8 @@ def vector(v: Any, backend: Backend, size: int, what: str, x: Any) -> Any:
     """An optional per-channel vector (weight, bias, running statistic) of ``size`` elements."""
     if v is None:
         return None
+    if type(v) is type(x) and v.dtype == x.dtype and v.shape == (size,):
+        return v  # the usual case, settled by x's checks (four of these run per BatchNorm call)
     v = as_input(v, backend, what)
     if tuple(v.shape) != (size,):
         raise ShapeError(f"{what} must have shape ({size},) to match the input's {size} channels, "

@@ -31,7 +31,8 @@ Rules every kernel follows:
 * Sums are deterministic run to run for a fixed thread count.
 
 A new backend subclasses :class:`Backend`, implements the kernels listed in :data:`KERNELS`
-(or declares a subset in ``kernels`` and lets users opt into falling back to the reference) and
+(or declares a subset in ``kernels`` and lets users opt into falling back to the reference),
+optionally some of :data:`OPTIONAL_KERNELS`, and
 registers a factory in the ``normcore.backends`` entry-point group. ``docs/writing-a-backend.md``
 walks through it; ``normcore verify --backend NAME`` proves it.
 """
@@ -60,6 +61,10 @@ KERNELS: tuple[str, ...] = (
     "standardize_rows_backward",
     "dropout",
 )
+
+#: Fused kernels a backend may add for speed, each defined as a composition of kernels above.
+#: A backend lists one in ``kernels`` to have the layers call it; otherwise they call the parts.
+OPTIONAL_KERNELS: tuple[str, ...] = ("channel_moments_normalize",)
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,19 @@ class Backend(abc.ABC):
         were computed from this x), or ``dx = rstd * g`` when they were constants (evaluation).
         """
         raise NotImplementedError
+
+    def channel_moments_normalize(
+        self, x3: Any, eps: float, weight: Any | None, bias: Any | None
+    ) -> tuple[Any, Any, Any]:
+        """Optional (see :data:`OPTIONAL_KERNELS`): :meth:`channel_moments` and
+        :meth:`channel_normalize` with those statistics in one call. Returns ``(y3, mean, var)``.
+
+        A backend lists it in ``kernels`` when it does the two passes in one call (a cache-sized
+        BatchNorm's training forward spends a good part of its time on per-call costs). It may
+        normalize with the statistics in a wider type than the ``mean``/``var`` it returns.
+        """
+        mean, var = self.channel_moments(x3)
+        return self.channel_normalize(x3, mean, var, eps, weight, bias), mean, var
 
     def running_update(
         self,

@@ -230,7 +230,7 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
 # ---------------------------------------------------------------------- verify
 def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
     from normcore import registry
-    from normcore.testing import all_cases, verify
+    from normcore.testing import all_cases, applies, verify
 
     try:
         backend = registry.get_backend(args.backend)
@@ -239,7 +239,7 @@ def cmd_verify(args: argparse.Namespace, out: _Out) -> int:
         if exc.__cause__ is not None:
             out.print(f"  caused by {type(exc.__cause__).__name__}: {exc.__cause__}", style="red")
         return 1
-    total = sum(1 for c in all_cases() if not (args.quick and c.big))
+    total = sum(1 for c in all_cases() if not (args.quick and c.big) and applies(c, backend))
     out.print(f"verifying backend {backend.name!r} ({total} cases{', quick' if args.quick else ''})")
     failures = []
     with out.progress(total, f"verify {backend.name}") as bar:

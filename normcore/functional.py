@@ -133,6 +133,15 @@ def _commit(update: RunningUpdate | None, running_mean: Array, running_var: Arra
         running_var[...] = update.var
 
 
+def _moments_normalize(be: Backend, x3: Array, eps: float, weight: Array | None,
+                       bias: Array | None) -> tuple[Array, Array, Array]:
+    """Batch statistics and the output they normalize: the backend's fused kernel when it has one."""
+    if "channel_moments_normalize" in be.kernels:
+        return _call(be, "channel_moments_normalize", x3, eps, weight, bias)
+    mean, var = _call(be, "channel_moments", x3)
+    return _call(be, "channel_normalize", x3, mean, var, eps, weight, bias), mean, var
+
+
 def _batch_norm(
     input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
     bias: Array | None, training: bool, momentum: float, eps: float,
@@ -158,7 +167,7 @@ def _batch_norm(
     x3 = x.reshape(n_, c, per_channel // n_)
     update = None
     if training:
-        mean, var = _call(be, "channel_moments", x3)
+        y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
         if running_mean is not None:
             correction = per_channel / (per_channel - 1)
             new_mean, new_var = _call(be, "running_update", running_mean, running_var,
@@ -166,7 +175,7 @@ def _batch_norm(
             update = RunningUpdate(new_mean, new_var)
     else:
         mean, var = running_mean, running_var
-    y = _call(be, "channel_normalize", x3, mean, var, eps, weight, bias)
+        y = _call(be, "channel_normalize", x3, mean, var, eps, weight, bias)
     saved.x, saved.mean, saved.var = x3, mean, var
     return y.reshape(x.shape), saved, update
 

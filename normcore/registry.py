@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import API_VERSION, KERNELS, Backend
+from .backend import API_VERSION, KERNELS, OPTIONAL_KERNELS, Backend
 
 logger = logging.getLogger("normcore")
 
@@ -182,7 +182,7 @@ def _load(name: str) -> Backend:
         if version != API_VERSION:
             raise BackendError(f"backend {name!r} implements normcore backend api_version "
                                f"{version!r}, but this normcore supports api_version {API_VERSION}")
-        unknown = set(backend.kernels) - set(KERNELS)
+        unknown = set(backend.kernels) - set(KERNELS) - set(OPTIONAL_KERNELS)
         if unknown:
             raise TypeError(f"backend {name!r} declares unknown kernels {sorted(unknown)}")
     except Exception as exc:

@@ -16,6 +16,6 @@ masks). Tolerances per dtype are in :data:`TOLERANCES`.
 True
 """
 
-from .cases import TOLERANCES, Case, CaseResult, all_cases, assert_close, verify
+from .cases import TOLERANCES, Case, CaseResult, all_cases, applies, assert_close, verify
 
-__all__ = ["TOLERANCES", "Case", "CaseResult", "all_cases", "assert_close", "verify"]
+__all__ = ["TOLERANCES", "Case", "CaseResult", "all_cases", "applies", "assert_close", "verify"]

@@ -25,7 +25,7 @@ import numpy as np
 import normcore
 from normcore import functional as F
 from normcore import registry
-from normcore.backend import KERNELS, Backend, dropout_keep_mask
+from normcore.backend import KERNELS, OPTIONAL_KERNELS, Backend, dropout_keep_mask
 
 GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "golden.npz"
 REFERENCE = "numpy"
@@ -223,6 +223,20 @@ def _channel_case(shape, dtype, layout, affine, backend: Backend) -> None:
         _check_outputs(got, want, dtype, (f"dx (batch_stats={batch_stats})", "dweight", "dbias"))
 
 
+def _moments_normalize_case(shape, dtype, layout, affine, backend: Backend) -> None:
+    """The optional fused kernel against the reference's channel_moments + channel_normalize."""
+    ref = normcore.get_backend(REFERENCE)
+    x = _layout(_data(shape, dtype, "x"), layout)
+    c = shape[1]
+    w = _data((c,), dtype, "w", offset=1.0) if affine else None
+    b = _data((c,), dtype, "b") if affine else None
+    mean, var = ref.channel_moments(x)
+    got = _k(backend, "channel_moments_normalize")(_to(backend, x), 1e-5, _to(backend, w),
+                                                   _to(backend, b))
+    _check_outputs(got, (ref.channel_normalize(x, mean, var, 1e-5, w, b), mean, var), dtype,
+                   ("channel_moments_normalize y", "mean", "var"))
+
+
 def _group_case(shape, dtype, layout, affine, center, backend: Backend) -> None:
     ref = normcore.get_backend(REFERENCE)
     x = _layout(_data(shape, dtype, "x"), layout)
@@ -354,6 +368,11 @@ def _reference_cases() -> list[Case]:
                     cases.append(Case(
                         f"channel:{'x'.join(map(str, shape))}:{layout}:affine={affine}:{dtype}",
                         functools.partial(_channel_case, shape, dtype, layout, affine), ch))
+                    cases.append(Case(
+                        f"channel-fused:{'x'.join(map(str, shape))}:{layout}:affine={affine}:"
+                        f"{dtype}", functools.partial(_moments_normalize_case, shape, dtype,
+                                                      layout, affine),
+                        ("channel_moments_normalize",)))
         for shape in ((1, 1, 1, 2), (3, 1, 7, 1), (2, 3, 4, 5), (5, 4, 1, 9), (2, 1, 37, 3)):
             for layout in ("contiguous", "sliced", "fortran"):
                 for affine, center in ((True, True), (False, True), (True, False),
@@ -381,6 +400,9 @@ def _reference_cases() -> list[Case]:
             cases.append(Case(f"channel-big:{'x'.join(map(str, shape))}:{layout}:float32",
                               functools.partial(_channel_case, shape, "float32", layout, True),
                               ch, big=True))
+            cases.append(Case(f"channel-fused-big:{'x'.join(map(str, shape))}:{layout}:float32",
+                              functools.partial(_moments_normalize_case, shape, "float32", layout,
+                                                True), ("channel_moments_normalize",), big=True))
     for shape in ((1031, 1, 129, 1), (4, 8, 3, 1031), (2, 2, 1, 4099)):
         cases.append(Case(f"group-big:{'x'.join(map(str, shape))}:float32",
                           functools.partial(_group_case, shape, "float32", "contiguous", True,
@@ -402,14 +424,20 @@ def all_cases() -> list[Case]:
     return _golden_cases() + _reference_cases()
 
 
+def applies(case: Case, backend: Backend) -> bool:
+    """False for a case of an optional kernel the backend does not list: the layers never call
+    it there, so there is nothing to verify (not a skip)."""
+    return not (set(case.kernels) & set(OPTIONAL_KERNELS)) - set(backend.kernels)
+
+
 def verify(backend: str | Backend, quick: bool = False,
            progress: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
-    """Run every case against ``backend``; cases needing kernels it lacks are skipped."""
+    """Run every case that applies to ``backend``; cases needing kernels it lacks are skipped."""
     be = backend if isinstance(backend, Backend) else normcore.get_backend(backend)
-    implemented = set(be.kernels) if not _fallback_on() else set(KERNELS)
+    implemented = set(be.kernels) | (set(KERNELS) if _fallback_on() else set())
     results = []
     for case in all_cases():
-        if quick and case.big:
+        if (quick and case.big) or not applies(case, be):
             continue
         missing = set(case.kernels) - implemented
         if missing:
