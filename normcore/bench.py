@@ -46,6 +46,7 @@ TORCH = "torch"
 LAYERS: dict[str, str] = {
     "batchnorm2d": "BatchNorm2d",
     "batchnorm2d-eval": "BatchNorm2d (eval)",
+    "batchnorm1d": "BatchNorm1d",
     "layernorm": "LayerNorm",
     "groupnorm": "GroupNorm(32)",
     "instancenorm2d": "InstanceNorm2d",
@@ -55,6 +56,7 @@ LAYERS: dict[str, str] = {
 _DEFAULT_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "batchnorm2d": [(32, 64, 56, 56), (8, 256, 28, 28), (256, 64, 8, 8)],
     "batchnorm2d-eval": [(32, 64, 56, 56)],
+    "batchnorm1d": [(4096, 512)],
     "layernorm": [(8192, 1024), (12544, 768), (4096, 4096)],
     "groupnorm": [(16, 256, 32, 32)],
     "instancenorm2d": [(16, 64, 64, 64)],
@@ -64,6 +66,7 @@ _DEFAULT_SHAPES: dict[str, list[tuple[int, ...]]] = {
 _QUICK_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "batchnorm2d": [(8, 16, 16, 16)],
     "batchnorm2d-eval": [(8, 16, 16, 16)],
+    "batchnorm1d": [(256, 64)],
     "layernorm": [(256, 256)],
     "groupnorm": [(4, 64, 8, 8)],
     "instancenorm2d": [(4, 16, 16, 16)],
@@ -208,6 +211,8 @@ def _make_layer(case: BenchCase, backend: str) -> Any:
     if case.layer.startswith("batchnorm2d"):
         layer = normcore.BatchNorm2d(c, **kw)
         return layer.eval() if case.layer.endswith("-eval") else layer
+    if case.layer == "batchnorm1d":
+        return normcore.BatchNorm1d(c, **kw)
     if case.layer == "layernorm":
         return normcore.LayerNorm(case.shape[-1], **kw)
     if case.layer == "groupnorm":
@@ -227,6 +232,8 @@ def _make_torch_layer(case: BenchCase) -> Any:
     if case.layer.startswith("batchnorm2d"):
         layer = torch.nn.BatchNorm2d(c, dtype=dt)
         return layer.eval() if case.layer.endswith("-eval") else layer
+    if case.layer == "batchnorm1d":
+        return torch.nn.BatchNorm1d(c, dtype=dt)
     if case.layer == "layernorm":
         return torch.nn.LayerNorm(case.shape[-1], dtype=dt)
     if case.layer == "groupnorm":

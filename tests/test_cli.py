@@ -133,7 +133,8 @@ def test_bench_default_grid_matches_the_issue():
     assert ("layernorm", (4096, 4096)) in shapes
     assert ("groupnorm", (16, 256, 32, 32)) in shapes
     assert ("batchnorm2d-eval", (32, 64, 56, 56)) in shapes
-    assert len(cases) == 10
+    assert ("batchnorm1d", (4096, 512)) in shapes  # (N, C) input: rows of C channels
+    assert len(cases) == 11
 
 
 def test_bench_counts_bytes():

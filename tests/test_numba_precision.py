@@ -33,13 +33,17 @@ def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) 
 
 @pytest.mark.parametrize("length", [1, 7, 15, 16, 17, 49, 64, 200, 511, 512])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: type) -> None:
-    """The row-range kernels (rows of up to 512) sum float32 lanes about x[0, c, 0], flushing them
-    into float64 every few rows: with that sample 8 std away from the mean (the worst case for
-    shifted sums) and mean 1e4, mean and variance stay within 2e-5 relative of float64. Lengths
-    cross the 16-lane vectors, the masked tail and the flush period."""
+@pytest.mark.parametrize("n_c", [(300, 3), (6, 150), (40, 9)])
+def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: type,
+                                                            n_c: tuple[int, int]) -> None:
+    """The row-range kernels (rows of up to 512) and the strip kernels (rows under 64, N >= 16)
+    sum float32 lanes about x[0, c, 0], flushing them into float64 every few rows: with that
+    sample 8 std away from the mean (the worst case for shifted sums) and mean 1e4, mean and
+    variance stay within 2e-5 relative of float64. Lengths cross the 16-lane vectors, the masked
+    tail, the flush period and (C * L) slabs of more and fewer than one wide strip; N = 6 keeps
+    the row-range kernel for short rows, L = 1 with C = 150 the channels-last one."""
     rng = np.random.default_rng(length)
-    x = rng.normal(1e4, 1.0, size=(300, 3, length)).astype(dtype)
+    x = rng.normal(1e4, 1.0, size=(*n_c, length)).astype(dtype)
     x[0, :, 0] += 8.0
     xs = [x, np.repeat(x, 2, axis=0)[::2]]  # contiguous, and rows at a wider n stride
     for arr in xs:

@@ -1,4 +1,4 @@
-"""BatchNorm2d: training forward (batch statistics + running-statistics update), backward,
+"""BatchNorm2d and BatchNorm1d: training forward (batch statistics + running-statistics update), backward,
 evaluation forward (running statistics), bandwidth and peak memory."""
 
 from __future__ import annotations
@@ -28,4 +28,19 @@ class BatchNorm2d(_BatchNorm2d, _ModuleBench):
 
 
 class BatchNorm2dMemory(_BatchNorm2d, _MemoryBench):
+    pass
+
+
+
+class _BatchNorm1d:
+    # (N, C) input, as after a linear layer: per-channel statistics over rows of C channels
+    layer_name = "BatchNorm1d"
+    full_shapes = [(4096, 512), (65536, 16)]
+    quick_shapes = [(256, 64)]
+
+    def build(self, backend: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        return normcore.BatchNorm1d(shape[1], backend=backend, dtype=dtype)
+
+
+class BatchNorm1d(_BatchNorm1d, _ModuleBench):
     pass

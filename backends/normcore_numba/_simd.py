@@ -260,6 +260,9 @@ ROW_LANES = 16
 #: channel with F = ROW_ADDS - ceil(vectors / 2) (at least 1). Rows of up to 2 * ROW_ADDS
 #: vectors (512 float32) only: longer rows go to the per-row kernels.
 ROW_ADDS = 16
+#: Rows of at most this many full vectors (64 float32 elements, plus a tail) walk with the
+#: per-vector loop unrolled (see _rows_codegen).
+UNROLLED_VECTORS = 4
 
 
 def _rows_codegen(mode):
@@ -352,42 +355,67 @@ def _rows_codegen(mode):
         builder.store(builder.sub(r0, builder.mul(first, c_)), c_at)
         part = [cgutils.alloca_once(builder, vt) for _ in range(4)]  # (sum, other) x 2 partials
 
-        with cgutils.for_range(builder, builder.sub(r1, r0)):
-            n, c = builder.load(n_at), builder.load(c_at)
-            pa, pb = row_of(arr_a, n, c), row_of(arr_b, n, c)
-            kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
-            kl = builder.fptrunc(kd, _F32) if narrow else kd
-            kv = _splat(builder, kl, vt)
-            for acc in part:
-                builder.store(zero_v, acc)
+        def row_loop(nv):
+            """The walk over the rows; ``nv`` full vectors per row when a Python int (the loop
+            over them unrolled), any number (``nvec``) when None. Vector j goes to partial j % 2
+            and the tail to partial 1 either way, so every version sums in the same order."""
+            with cgutils.for_range(builder, builder.sub(r1, r0)):
+                n, c = builder.load(n_at), builder.load(c_at)
+                pa, pb = row_of(arr_a, n, c), row_of(arr_b, n, c)
+                kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
+                kl = builder.fptrunc(kd, _F32) if narrow else kd
+                kv = _splat(builder, kl, vt)
+                for acc in part:
+                    builder.store(zero_v, acc)
 
-            def vec(v_idx, j):
-                t, u = terms(pa, pb, builder.mul(v_idx, const(ROW_LANES)), kv)
-                add_into(part[j], t)
-                add_into(part[2 + j], u)
+                def vec(v_idx, j):
+                    t, u = terms(pa, pb, builder.mul(v_idx, const(ROW_LANES)), kv)
+                    add_into(part[j], t)
+                    add_into(part[2 + j], u)
 
-            with cgutils.for_range(builder, npair) as pairs:
-                v0 = builder.mul(pairs.index, const(2))
-                vec(v0, 0)
-                vec(builder.add(v0, const(1)), 1)
-            with builder.if_then(odd):
-                vec(builder.sub(nvec, const(1)), 0)
-            with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
-                t, u = terms(pa, pb, tail0, kv, mask)
-                add_into(part[1], builder.select(mask, t, zero_v))
-                add_into(part[3], builder.select(mask, u, zero_v))
-            for q, i in ((q1, 0), (q2, 2)):
-                row = builder.fadd(builder.load(part[i]), builder.load(part[i + 1]))
-                add_into(lanes_at(q, c, vt), row, 4)
-            c1 = builder.add(c, const(1))
-            wrap = builder.icmp_signed("==", c1, c_)
-            builder.store(builder.select(wrap, const(0), c1), c_at)
-            builder.store(builder.select(wrap, builder.add(n, const(1)), n), n_at)
-            done = builder.add(builder.load(since), const(1))
-            builder.store(done, since)
-            with builder.if_then(builder.icmp_signed("==", done, every)):
-                flush()
-                builder.store(const(0), since)
+                if nv is None:
+                    with cgutils.for_range(builder, npair) as pairs:
+                        v0 = builder.mul(pairs.index, const(2))
+                        vec(v0, 0)
+                        vec(builder.add(v0, const(1)), 1)
+                    with builder.if_then(odd):
+                        vec(builder.sub(nvec, const(1)), 0)
+                else:
+                    for j in range(nv):
+                        vec(const(j), j % 2)
+                with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
+                    t, u = terms(pa, pb, tail0, kv, mask)
+                    add_into(part[1], builder.select(mask, t, zero_v))
+                    add_into(part[3], builder.select(mask, u, zero_v))
+                for q, i in ((q1, 0), (q2, 2)):
+                    row = builder.fadd(builder.load(part[i]), builder.load(part[i + 1]))
+                    add_into(lanes_at(q, c, vt), row, 4)
+                c1 = builder.add(c, const(1))
+                wrap = builder.icmp_signed("==", c1, c_)
+                builder.store(builder.select(wrap, const(0), c1), c_at)
+                builder.store(builder.select(wrap, builder.add(n, const(1)), n), n_at)
+                done = builder.add(builder.load(since), const(1))
+                builder.store(done, since)
+                with builder.if_then(builder.icmp_signed("==", done, every)):
+                    flush()
+                    builder.store(const(0), since)
+
+        # Rows of up to UNROLLED_VECTORS full vectors get a walk of their own (a switch on the
+        # count, once per call): on rows of 49..64 elements the generic loop's own bookkeeping
+        # costs as much as the row's arithmetic.
+        end = builder.append_basic_block("rows.end")
+        generic = builder.append_basic_block("rows.generic")
+        switch = builder.switch(nvec, generic)
+        for nv in range(UNROLLED_VECTORS + 1):
+            block = builder.append_basic_block(f"rows.{nv}")
+            switch.add_case(ir.Constant(l_.type, nv), block)
+            builder.position_at_end(block)
+            row_loop(nv)
+            builder.branch(end)
+        builder.position_at_end(generic)
+        row_loop(None)
+        builder.branch(end)
+        builder.position_at_end(end)
         flush()
         return context.get_dummy_value()
 
@@ -421,3 +449,127 @@ def _make_rows(mode):
 #: sum(dy * (x - mu')), mu' = lane_shift(dy, x, mu[c]) (the caller moves the sums onto mu).
 vrows0 = _make_rows(0)
 vrows1 = _make_rows(1)
+
+
+# ---------------------------------------------------------------- per-position sums over n
+#: Positions per strip of the per-position reductions (vstrip0): 8 vectors of float32 lanes, or
+#: one vector where a slab has fewer positions than that.
+STRIP_WIDE = 8 * ROW_LANES
+STRIP_NARROW = ROW_LANES
+
+
+def _masked(builder, name, ret, arg_types, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, arg_types), name)
+    return builder.call(fn, args)
+
+
+def _vname(vt):
+    return f"v{vt.count}{'f32' if vt.element == _F32 else 'f64'}"
+
+
+def _masked_load(builder, ptr, vt, mask, align):
+    """vt-wide load of ptr where mask is set (0 elsewhere; lanes off the mask are not read)."""
+    name = _vname(vt)
+    return _masked(builder, f"llvm.masked.load.{name}.p0{name}", vt,
+                   [vt.as_pointer(), _I32, mask.type, vt],
+                   [builder.bitcast(ptr, vt.as_pointer()), ir.Constant(_I32, align), mask,
+                    ir.Constant(vt, [0.0] * vt.count)])
+
+
+def _masked_store(builder, value, ptr, mask, align):
+    vt = value.type
+    name = _vname(vt)
+    _masked(builder, f"llvm.masked.store.{name}.p0{name}", ir.VoidType(),
+            [vt, vt.as_pointer(), _I32, mask.type],
+            [value, builder.bitcast(ptr, vt.as_pointer()), ir.Constant(_I32, align), mask])
+
+
+def _strip_codegen(context, builder, sig, args):
+    """Codegen of vstrip0(x3, kp, n0, n1, j0, o1, o2): for the positions j0 <= j < j0 + width of
+    the (C * L)-element slabs x3[n] (contiguous), n0 <= n < n1: o1[j] = sum(x - kp[j]), o2[j] =
+    sum((x - kp[j])**2), float64, overwritten (positions past the slab untouched). The width is
+    STRIP_WIDE, or STRIP_NARROW for slabs shorter than STRIP_WIDE. Lanes of x's type (float32
+    for float32 input) take ROW_ADDS rows, then are added onto float64 lanes."""
+    x_ty, k_ty, _, _, _, o_ty, _ = sig.args
+    arr_x = context.make_array(x_ty)(context, builder, args[0])
+    arr_k = context.make_array(k_ty)(context, builder, args[1])
+    n0, n1, j0 = args[2], args[3], args[4]
+    o1, o2 = (context.make_array(o_ty)(context, builder, a) for a in args[5:7])
+    narrow = x_ty.dtype == types.float32
+    lane = _F32 if narrow else _F64
+    size = 4 if narrow else 8
+    vt, vd, iv = (ir.VectorType(t, ROW_LANES) for t in (lane, _F64, _I32))
+    c_, l_ = (builder.extract_value(arr_x.shape, i) for i in (1, 2))
+    const = lambda v: ir.Constant(l_.type, v)  # noqa: E731
+    p_ = builder.mul(c_, l_)
+    s0 = builder.extract_value(arr_x.strides, 0)
+    zero_v, zero_d = ir.Constant(vt, [0.0] * ROW_LANES), ir.Constant(vd, [0.0] * ROW_LANES)
+    i8p = ir.IntType(8).as_pointer()
+    left = builder.trunc(builder.sub(p_, j0), _I32)  # positions from j0 to the slab's end
+
+    def strip(nv):
+        masks = [builder.icmp_signed("<", ir.Constant(iv, [v * ROW_LANES + i for i in range(ROW_LANES)]),
+                                     _splat(builder, left, iv)) for v in range(nv)]
+        kv = [_masked_load(builder, builder.gep(arr_k.data, [builder.add(j0, const(v * ROW_LANES))],
+                                                inbounds=True), vt, masks[v], size) for v in range(nv)]
+        part = [cgutils.alloca_once_value(builder, zero_v) for _ in range(2 * nv)]
+        wide = [cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nv)]
+        for a in part:
+            builder.store(zero_v, a)
+        for a in wide:
+            builder.store(zero_d, a)
+        since = cgutils.alloca_once_value(builder, const(0))
+        builder.store(const(0), since)
+
+        def flush():
+            for a, d in zip(part, wide, strict=True):
+                builder.store(builder.fadd(builder.load(d), _convert(builder, builder.load(a), vd)), d)
+                builder.store(zero_v, a)
+
+        def rows(masked):
+            with cgutils.for_range_slice(builder, n0, n1, const(1)) as (n, _):
+                row = builder.bitcast(builder.gep(builder.bitcast(arr_x.data, i8p), [builder.mul(n, s0)]),
+                                      arr_x.data.type)
+                for v in range(nv):
+                    ptr = builder.gep(row, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
+                    if masked:
+                        xv = _masked_load(builder, ptr, vt, masks[v], size)
+                    else:
+                        xv = builder.load(builder.bitcast(ptr, vt.as_pointer()), align=size)
+                    t = builder.fsub(xv, kv[v])
+                    builder.store(builder.fadd(builder.load(part[v]), t), part[v])
+                    builder.store(builder.fadd(builder.load(part[nv + v]), builder.fmul(t, t)), part[nv + v])
+                done = builder.add(builder.load(since), const(1))
+                builder.store(done, since)
+                with builder.if_then(builder.icmp_signed("==", done, const(ROW_ADDS))):
+                    flush()
+                    builder.store(const(0), since)
+
+        whole = builder.icmp_signed(">=", left, ir.Constant(_I32, nv * ROW_LANES))
+        with builder.if_else(whole) as (then, other):
+            with then:
+                rows(False)
+            with other:  # the slab's last strip
+                rows(True)
+        flush()
+        for v in range(nv):
+            for o, a in ((o1, wide[v]), (o2, wide[nv + v])):
+                ptr = builder.gep(o.data, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
+                _masked_store(builder, builder.load(a), ptr, masks[v], 8)
+
+    with builder.if_else(builder.icmp_signed(">=", p_, const(STRIP_WIDE))) as (then, other):
+        with then:
+            strip(STRIP_WIDE // ROW_LANES)
+        with other:
+            strip(STRIP_NARROW // ROW_LANES)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def vstrip0(typingctx, x, kp, n0, n1, j0, o1, o2):
+    """vstrip0(x3, kp, n0, n1, j0, o1, o2): see _strip_codegen. x3's slabs must be contiguous
+    (unit L stride, C stride L elements; any N stride): callers check. kp: (C * L,) of x's
+    dtype, o1, o2: (C * L,) float64, all contiguous."""
+    if kp.dtype != x.dtype or o1.dtype != types.float64 or o2.dtype != types.float64:
+        raise errors.TypingError("vstrip0: kp must have x's dtype and o1, o2 be float64")
+    return types.none(x, kp, types.intp, types.intp, types.intp, o1, o2), _strip_codegen

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from normcore.backend import Availability, Backend, dropout_scale, dropout_threshold
+from normcore.backend import KERNELS, Availability, Backend, dropout_scale, dropout_threshold
 
 from ._pool import empty as _out
 
@@ -158,9 +158,12 @@ def _vec(a: Any) -> np.ndarray | None:
 
 
 def _channels_last(x3: np.ndarray) -> bool:
-    """True when C varies fastest (e.g. an NHWC tensor viewed as (N, C, H*W))."""
+    """True when C varies fastest (an NHWC tensor viewed as (N, C, H*W)), or when L == 1 (the
+    (N, C) input of BatchNorm1d): the channels-last kernels walk (n, l) rows of C channels, where
+    the (n, c)-row kernels would walk rows of one element (measured (4096, 512) float32: forward
+    5.4 ms that way, against 0.13 ms for a copy)."""
     _, c, l_ = x3.shape
-    return c > 1 and l_ > 1 and abs(x3.strides[1]) < abs(x3.strides[2])
+    return c > 1 and (l_ == 1 or abs(x3.strides[1]) < abs(x3.strides[2]))
 
 
 def _short_rows(x3: np.ndarray) -> bool:
@@ -168,6 +171,18 @@ def _short_rows(x3: np.ndarray) -> bool:
     kernels (``*_ncl_rows``: vrows0/vrows1), which need contiguous rows."""
     l_ = x3.shape[2]
     return l_ <= 512 and (l_ < 2 or x3.strides[2] == x3.itemsize)
+
+
+def _strips(x3: np.ndarray, nt: int) -> bool:
+    """Per-channel sums by strips of slab positions (``moments_ncl_strips``): contiguous (C, L)
+    slabs of at most 32768 elements (the per-block partials), rows shorter than 64 and at least
+    8 slabs per thread (the inner loop is over n). Measured (2 threads, float32, against the
+    kernel each replaces): statistics of (64, 128, 49) 0.75-0.85x the time, (128, 64, 16) 0.4x,
+    BatchNorm1d's (N, C) input (4096, 512) 0.6x, (65536, 16) 0.08x; rows of 64 are even."""
+    n, c, l_ = x3.shape
+    item = x3.itemsize
+    return (l_ < 64 and c * l_ <= 32768 and n >= 8 * nt
+            and (l_ == 1 or x3.strides[2] == item) and (c == 1 or x3.strides[1] == l_ * item))
 
 
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
@@ -180,6 +195,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     device = "cpu"
+    kernels = frozenset(KERNELS) | {"channel_moments_normalize"}
 
     # -------------------------------------------------------------- housekeeping
     def is_available(self) -> Availability:
@@ -206,21 +222,18 @@ class NumbaBackend(Backend):
     def channel_moments(self, x3):
         k = _kernels("_channel")
         nt = _num_threads()
-        orig = np.asarray(x3).dtype
-        x = _widen(x3)
+        x = _widen(x3)  # the statistics come back in x's dtype: float32 for float16 input
         n, c, l_ = x.shape
-        shift = _f64(x[0, :, 0])
+        if _strips(x, nt):
+            return k.moments_ncl_strips(x, _blocks(n, nt))
         if _channels_last(x):
             p1, p2 = _partials(_blocks(n * l_, nt), c)
-            mean, var = k.moments_nlc(x.transpose(0, 2, 1), shift, p1, p2)
-        elif _short_rows(x):
-            mean, var = k.moments_ncl_rows(x, shift, _blocks(n * c, nt))
-        else:
-            nch = _nchunk(n * c, l_, nt)
-            p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
-            mean, var = k.moments_ncl(x, shift, nch, p1, p2)
-        sd = _stat_dtype(orig)
-        return mean.astype(sd), var.astype(sd)
+            return k.moments_nlc(x.transpose(0, 2, 1), _f64(x[0, :, 0]), p1, p2)
+        if _short_rows(x):
+            return k.moments_ncl_rows(x, _blocks(n * c, nt))
+        nch = _nchunk(n * c, l_, nt)
+        p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
+        return k.moments_ncl(x, nch, p1, p2)
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
         k = _kernels("_channel")
@@ -240,6 +253,26 @@ class NumbaBackend(Backend):
             kernel = k.affine_ncl_nt if _stream(x, l_ // p, 2) else k.affine_ncl
             kernel(_cut(x, p), m, v, float(eps), w, b, _cut(y, p), _blocks(n * c * p, nt))
         return y.astype(orig, copy=False)
+
+    def channel_moments_normalize(self, x3, eps, weight, bias):
+        nt = _num_threads()
+        x = _widen(x3)
+        n, c, l_ = x.shape
+        if _channels_last(x) or _row_pieces(nt, x) > 1 or _stream(x, l_, 2):
+            # the passes take long enough (or need a layout) that one call less is noise
+            mean, var = self.channel_moments(x3)
+            return self.channel_normalize(x3, mean, var, eps, weight, bias), mean, var
+        k = _kernels("_channel")
+        y = _out((n, c, l_), dtype=x.dtype)
+        args = (float(eps), _vec(weight), _vec(bias), y, _blocks(n * c, nt))
+        if _strips(x, nt):
+            mean, var = k.batch_ncl_strips(x, *args)
+        elif _short_rows(x):
+            mean, var = k.batch_ncl_rows(x, *args)
+        else:
+            nch = _nchunk(n * c, l_, nt)
+            mean, var = k.batch_ncl(x, nch, *_partials(_blocks(n * c * nch, nt), c, k.FOLD), *args)
+        return y.astype(x3.dtype, copy=False), mean, var
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
         k = _kernels("_channel")
