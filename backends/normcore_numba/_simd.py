@@ -305,11 +305,7 @@ def _rows_codegen(mode):
             if mask is None:
                 v = builder.load(p, align=align)
             else:  # lanes past the row are not read (no fault at the array's end)
-                ename = f"v{ROW_LANES}{'f32' if elt == _F32 else 'f64'}"
-                fn = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(et, [et.as_pointer(), _I32, mask.type, et]),
-                    f"llvm.masked.load.{ename}.p0{ename}")
-                v = builder.call(fn, [p, ir.Constant(_I32, align), mask, ir.Constant(et, [0.0] * ROW_LANES)])
+                v = _masked_load(builder, p, et, mask, align)
             return v if elt == lane else builder.fpext(v, vt)
 
         def terms(pa, pb, idx, kv, mask=None):
