@@ -13,14 +13,20 @@ import normcore
 pytest.importorskip("numba")
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "sliced", "short_rows"])
+@pytest.mark.parametrize("layout", ["contiguous", "sliced", "short_rows", "short_rows_n_strided",
+                                    "one_per_row"])
 def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) -> None:
+    """Every backward reduction path: long rows (contiguous and strided), short rows by strips
+    of slab positions (contiguous slabs at any n stride) and BatchNorm1d's (N, C) input."""
     rng = np.random.default_rng(7)
-    shape = (64, 3, 40) if layout == "short_rows" else (4, 3, 4099)
+    shape = {"short_rows": (64, 3, 40), "short_rows_n_strided": (64, 3, 40),
+             "one_per_row": (300, 5, 1)}.get(layout, (4, 3, 4099))
     x = rng.normal(1e4, 1.0, size=shape).astype(np.float32)
     dy = rng.normal(1.0, 1.0, size=shape).astype(np.float32)
     if layout == "sliced":
         x, dy = (np.repeat(a, 2, axis=2)[:, :, ::2] for a in (x, dy))
+    if layout == "short_rows_n_strided":
+        x, dy = (np.repeat(a, 2, axis=0)[::2] for a in (x, dy))
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
     ref = normcore.get_backend("numpy").channel_normalize_backward(

@@ -51,7 +51,7 @@ from ._common import (
     grad_row,
     lane_shift,
 )
-from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0  # noqa: F401  (FOLD: the backend sizes partials)
+from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1  # noqa: F401  (FOLD: the backend sizes partials)
 from ._vmap import store_fence
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
@@ -223,36 +223,52 @@ def _row_span(r0, r1, c_):
 
 
 @njit(inline="always", **HELPER)
+def _position_shifts(x, shift):
+    """kp[c * L + l] = shift[c] in x's dtype: the per-position shifts of the strip intrinsics
+    (which must be exact in x's dtype; the callers' are)."""
+    c_, l_ = x.shape[1], x.shape[2]
+    kp = np.empty(c_ * l_, x.dtype)
+    for c in range(c_):
+        for j in range(c * l_, (c + 1) * l_):  # (a slice assignment here becomes a parfor)
+            kp[j] = shift[c]
+    return kp
+
+
+@njit(inline="always", **HELPER)
+def _strip_partials(nblk, c_, l_):
+    """Per-block (C * L,) position sums and (C, 1) channel sums, float64."""
+    p_ = c_ * l_
+    return np.empty((nblk, p_)), np.empty((nblk, p_)), np.empty((nblk, c_, 1)), np.empty((nblk, c_, 1))
+
+
+@njit(inline="always", **HELPER)
+def _onto_channels(o1, o2, s1, s2, b, l_):
+    """Block b's position sums folded into its channel sums (positions c * L .. (c + 1) * L)."""
+    for c in range(s1.shape[1]):
+        t1 = 0.0
+        t2 = 0.0
+        for j in range(c * l_, (c + 1) * l_):
+            t1 += o1[b, j]
+            t2 += o2[b, j]
+        s1[b, c, 0] = t1
+        s2[b, c, 0] = t2
+
+
+@njit(inline="always", **HELPER)
 def _sums_strips(x, nblk):
     """_sums_ncl over contiguous (C, L) slabs x[n]: each block takes a range of n and sums every
     position of the slab over it, a strip of positions at a time (vstrip0: the inner loop is
     over n, with no per-row work beyond the loads), then folds positions into channels. For
     short rows and enough n; (C * L,) float64 partials per block."""
     n_, c_, l_ = x.shape
-    p_ = c_ * l_
     k = _first_samples(x)
-    kp = np.empty(p_, x.dtype)
-    for c in range(c_):
-        for j in range(c * l_, (c + 1) * l_):  # (a slice assignment here becomes a parfor)
-            kp[j] = x[0, c, 0]
-    o1 = np.empty((nblk, p_))
-    o2 = np.empty((nblk, p_))
-    s1 = np.empty((nblk, c_, 1))
-    s2 = np.empty((nblk, c_, 1))
-    width = STRIP_WIDE if p_ >= STRIP_WIDE else STRIP_NARROW  # as vstrip0 chooses
+    kp = _position_shifts(x, k)
+    o1, o2, s1, s2 = _strip_partials(nblk, c_, l_)
+    width = STRIP_WIDE if c_ * l_ >= STRIP_WIDE else STRIP_NARROW  # as vstrip0 chooses
     for b in prange(nblk):
-        n0 = b * n_ // nblk
-        n1 = (b + 1) * n_ // nblk
-        for j0 in range(0, p_, width):
-            vstrip0(x, kp, n0, n1, j0, o1[b], o2[b])
-        for c in range(c_):
-            t1 = 0.0
-            t2 = 0.0
-            for j in range(c * l_, (c + 1) * l_):
-                t1 += o1[b, j]
-                t2 += o2[b, j]
-            s1[b, c, 0] = t1
-            s2[b, c, 0] = t2
+        for j0 in range(0, c_ * l_, width):
+            vstrip0(x, x, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
+        _onto_channels(o1, o2, s1, s2, b, l_)
     return _moments(s1, s2, k, n_ * l_)
 
 
@@ -398,6 +414,25 @@ def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
     pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
     for b in prange(nblk):
         vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, pb[b], pw[b], q1[b], q2[b])
+    _onto_mu(dy, x, mu, pb, pw)
+    return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
+
+
+@njit(**KERNEL)
+def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, nblk):
+    """bwd_reduce_ncl over contiguous (C, L) slabs of x and dy by strips of positions (vstrip1,
+    as moments_ncl_strips); dy and x of one dtype."""
+    n_, c_, l_ = x.shape
+    shift = np.empty(c_)
+    for c in range(c_):
+        shift[c] = lane_shift(dy, x, mu[c])
+    kp = _position_shifts(x, shift)
+    o1, o2, pb, pw = _strip_partials(nblk, c_, l_)
+    width = STRIP_WIDE if c_ * l_ >= STRIP_WIDE else STRIP_NARROW  # as vstrip1 chooses
+    for b in prange(nblk):
+        for j0 in range(0, c_ * l_, width):
+            vstrip1(x, dy, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
+        _onto_channels(o1, o2, pb, pw, b, l_)
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
 

@@ -480,92 +480,126 @@ def _masked_store(builder, value, ptr, mask, align):
             [value, builder.bitcast(ptr, vt.as_pointer()), ir.Constant(_I32, align), mask])
 
 
-def _strip_codegen(context, builder, sig, args):
-    """Codegen of vstrip0(x3, kp, n0, n1, j0, o1, o2): for the positions j0 <= j < j0 + width of
-    the (C * L)-element slabs x3[n] (contiguous), n0 <= n < n1: o1[j] = sum(x - kp[j]), o2[j] =
-    sum((x - kp[j])**2), float64, overwritten (positions past the slab untouched). The width is
-    STRIP_WIDE, or STRIP_NARROW for slabs shorter than STRIP_WIDE. Lanes of x's type (float32
-    for float32 input) take ROW_ADDS rows, then are added onto float64 lanes."""
-    x_ty, k_ty, _, _, _, o_ty, _ = sig.args
-    arr_x = context.make_array(x_ty)(context, builder, args[0])
-    arr_k = context.make_array(k_ty)(context, builder, args[1])
-    n0, n1, j0 = args[2], args[3], args[4]
-    o1, o2 = (context.make_array(o_ty)(context, builder, a) for a in args[5:7])
-    narrow = x_ty.dtype == types.float32
-    lane = _F32 if narrow else _F64
-    size = 4 if narrow else 8
-    vt, vd, iv = (ir.VectorType(t, ROW_LANES) for t in (lane, _F64, _I32))
-    c_, l_ = (builder.extract_value(arr_x.shape, i) for i in (1, 2))
-    const = lambda v: ir.Constant(l_.type, v)  # noqa: E731
-    p_ = builder.mul(c_, l_)
-    s0 = builder.extract_value(arr_x.strides, 0)
-    zero_v, zero_d = ir.Constant(vt, [0.0] * ROW_LANES), ir.Constant(vd, [0.0] * ROW_LANES)
-    i8p = ir.IntType(8).as_pointer()
-    left = builder.trunc(builder.sub(p_, j0), _I32)  # positions from j0 to the slab's end
+def _strip_codegen(mode):
+    """Codegen of vstrip{mode}(a3, b3, kp, n0, n1, j0, o1, o2): for the positions j0 <= j < j0 +
+    width of the (C * L)-element slabs a3[n], b3[n] (contiguous), n0 <= n < n1, mode 0's or mode
+    1's two sums (module docstring; a = x, b = dy) with the shift kp[j], float64, into o1[j],
+    o2[j] (overwritten; positions past the slab untouched). The width is STRIP_WIDE, or
+    STRIP_NARROW for slabs shorter than STRIP_WIDE. Lanes of x's type (float32 for float32
+    input) take ROW_ADDS rows, then are added onto float64 lanes."""
 
-    def strip(nv):
-        masks = [builder.icmp_signed("<", ir.Constant(iv, [v * ROW_LANES + i for i in range(ROW_LANES)]),
-                                     _splat(builder, left, iv)) for v in range(nv)]
-        kv = [_masked_load(builder, builder.gep(arr_k.data, [builder.add(j0, const(v * ROW_LANES))],
-                                                inbounds=True), vt, masks[v], size) for v in range(nv)]
-        part = [cgutils.alloca_once_value(builder, zero_v) for _ in range(2 * nv)]
-        wide = [cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nv)]
-        for a in part:
-            builder.store(zero_v, a)
-        for a in wide:
-            builder.store(zero_d, a)
-        since = cgutils.alloca_once_value(builder, const(0))
-        builder.store(const(0), since)
+    def codegen(context, builder, sig, args):
+        a_ty, b_ty, k_ty, _, _, _, o_ty, _ = sig.args
+        arr_a = context.make_array(a_ty)(context, builder, args[0])
+        arr_b = context.make_array(b_ty)(context, builder, args[1])
+        arr_k = context.make_array(k_ty)(context, builder, args[2])
+        n0, n1, j0 = args[3], args[4], args[5]
+        o1, o2 = (context.make_array(o_ty)(context, builder, a) for a in args[6:8])
+        narrow = narrow_lanes(a_ty, b_ty)
+        lane = _F32 if narrow else _F64
+        vt, vd, iv = (ir.VectorType(t, ROW_LANES) for t in (lane, _F64, _I32))
+        c_, l_ = (builder.extract_value(arr_a.shape, i) for i in (1, 2))
+        const = lambda v: ir.Constant(l_.type, v)  # noqa: E731
+        p_ = builder.mul(c_, l_)
+        zero_v, zero_d = ir.Constant(vt, [0.0] * ROW_LANES), ir.Constant(vd, [0.0] * ROW_LANES)
+        i8p = ir.IntType(8).as_pointer()
+        left = builder.trunc(builder.sub(p_, j0), _I32)  # positions from j0 to the slab's end
 
-        def flush():
-            for a, d in zip(part, wide, strict=True):
-                builder.store(builder.fadd(builder.load(d), _convert(builder, builder.load(a), vd)), d)
+        def load(arr, aty, row, v, mask):
+            """Vector v of the strip in slab row ``row`` of arr, in the lanes' type."""
+            elt = context.get_data_type(aty.dtype)
+            et = ir.VectorType(elt, ROW_LANES)
+            ptr = builder.gep(row, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
+            align = aty.dtype.bitwidth // 8
+            if mask is None:
+                out = builder.load(builder.bitcast(ptr, et.as_pointer()), align=align)
+            else:
+                out = _masked_load(builder, ptr, et, mask, align)
+            return _convert(builder, out, vt)
+
+        def slab(arr, n):
+            s0 = builder.extract_value(arr.strides, 0)
+            return builder.bitcast(builder.gep(builder.bitcast(arr.data, i8p), [builder.mul(n, s0)]),
+                                   arr.data.type)
+
+        def strip(nv):
+            masks = [builder.icmp_signed("<", ir.Constant(iv, [v * ROW_LANES + i for i in range(ROW_LANES)]),
+                                         _splat(builder, left, iv)) for v in range(nv)]
+            kv = [load(arr_k, k_ty, arr_k.data, v, masks[v]) for v in range(nv)]
+            part = [cgutils.alloca_once_value(builder, zero_v) for _ in range(2 * nv)]
+            wide = [cgutils.alloca_once_value(builder, zero_d) for _ in range(2 * nv)]
+            for a in part:
                 builder.store(zero_v, a)
+            for a in wide:
+                builder.store(zero_d, a)
+            since = cgutils.alloca_once_value(builder, const(0))
+            builder.store(const(0), since)
 
-        def rows(masked):
-            with cgutils.for_range_slice(builder, n0, n1, const(1)) as (n, _):
-                row = builder.bitcast(builder.gep(builder.bitcast(arr_x.data, i8p), [builder.mul(n, s0)]),
-                                      arr_x.data.type)
-                for v in range(nv):
-                    ptr = builder.gep(row, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
-                    if masked:
-                        xv = _masked_load(builder, ptr, vt, masks[v], size)
-                    else:
-                        xv = builder.load(builder.bitcast(ptr, vt.as_pointer()), align=size)
-                    t = builder.fsub(xv, kv[v])
-                    builder.store(builder.fadd(builder.load(part[v]), t), part[v])
-                    builder.store(builder.fadd(builder.load(part[nv + v]), builder.fmul(t, t)), part[nv + v])
-                done = builder.add(builder.load(since), const(1))
-                builder.store(done, since)
-                with builder.if_then(builder.icmp_signed("==", done, const(ROW_ADDS))):
-                    flush()
-                    builder.store(const(0), since)
+            def flush():
+                for a, d in zip(part, wide, strict=True):
+                    builder.store(builder.fadd(builder.load(d), _convert(builder, builder.load(a), vd)), d)
+                    builder.store(zero_v, a)
 
-        whole = builder.icmp_signed(">=", left, ir.Constant(_I32, nv * ROW_LANES))
-        with builder.if_else(whole) as (then, other):
+            def rows(masked):
+                with cgutils.for_range_slice(builder, n0, n1, const(1)) as (n, _):
+                    ra = slab(arr_a, n)
+                    rb = ra if mode == 0 else slab(arr_b, n)
+                    for v in range(nv):
+                        m = masks[v] if masked else None
+                        xv = load(arr_a, a_ty, ra, v, m)
+                        if mode == 0:
+                            t = builder.fsub(xv, kv[v])
+                            u = builder.fmul(t, t)
+                        else:
+                            t = load(arr_b, b_ty, rb, v, m)
+                            u = builder.fmul(t, builder.fsub(xv, kv[v]))
+                        builder.store(builder.fadd(builder.load(part[v]), t), part[v])
+                        builder.store(builder.fadd(builder.load(part[nv + v]), u), part[nv + v])
+                    done = builder.add(builder.load(since), const(1))
+                    builder.store(done, since)
+                    with builder.if_then(builder.icmp_signed("==", done, const(ROW_ADDS))):
+                        flush()
+                        builder.store(const(0), since)
+
+            whole = builder.icmp_signed(">=", left, ir.Constant(_I32, nv * ROW_LANES))
+            with builder.if_else(whole) as (then, other):
+                with then:
+                    rows(False)
+                with other:  # the slab's last strip
+                    rows(True)
+            flush()
+            for v in range(nv):
+                for o, a in ((o1, wide[v]), (o2, wide[nv + v])):
+                    ptr = builder.gep(o.data, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
+                    _masked_store(builder, builder.load(a), ptr, masks[v], 8)
+
+        with builder.if_else(builder.icmp_signed(">=", p_, const(STRIP_WIDE))) as (then, other):
             with then:
-                rows(False)
-            with other:  # the slab's last strip
-                rows(True)
-        flush()
-        for v in range(nv):
-            for o, a in ((o1, wide[v]), (o2, wide[nv + v])):
-                ptr = builder.gep(o.data, [builder.add(j0, const(v * ROW_LANES))], inbounds=True)
-                _masked_store(builder, builder.load(a), ptr, masks[v], 8)
+                strip(STRIP_WIDE // ROW_LANES)
+            with other:
+                strip(STRIP_NARROW // ROW_LANES)
+        return context.get_dummy_value()
 
-    with builder.if_else(builder.icmp_signed(">=", p_, const(STRIP_WIDE))) as (then, other):
-        with then:
-            strip(STRIP_WIDE // ROW_LANES)
-        with other:
-            strip(STRIP_NARROW // ROW_LANES)
-    return context.get_dummy_value()
+    return codegen
 
 
-@intrinsic
-def vstrip0(typingctx, x, kp, n0, n1, j0, o1, o2):
-    """vstrip0(x3, kp, n0, n1, j0, o1, o2): see _strip_codegen. x3's slabs must be contiguous
-    (unit L stride, C stride L elements; any N stride): callers check. kp: (C * L,) of x's
-    dtype, o1, o2: (C * L,) float64, all contiguous."""
-    if kp.dtype != x.dtype or o1.dtype != types.float64 or o2.dtype != types.float64:
-        raise errors.TypingError("vstrip0: kp must have x's dtype and o1, o2 be float64")
-    return types.none(x, kp, types.intp, types.intp, types.intp, o1, o2), _strip_codegen
+def _make_strip(mode):
+    def red(typingctx, a, b, kp, n0, n1, j0, o1, o2):
+        lane = types.float32 if narrow_lanes(a, b) else types.float64
+        if kp.dtype != lane or o1.dtype != types.float64 or o2.dtype != types.float64:
+            raise errors.TypingError(f"vstrip{mode}: kp must be {lane} and o1, o2 float64 for "
+                                     f"inputs {a.dtype}, {b.dtype}")
+        sig = types.none(a, b, kp, types.intp, types.intp, types.intp, o1, o2)
+        return sig, _strip_codegen(mode)
+
+    red.__name__ = f"vstrip{mode}"
+    return intrinsic(red)
+
+
+#: vstrip0(x3, x3, kp, n0, n1, j0, o1, o2): per position j of the strip from j0, o1[j] =
+#: sum(x - kp[j]), o2[j] = sum((x - kp[j])**2) over slabs n0..n1; kp exact samples of x.
+#: vstrip1(x3, dy3, kp, n0, n1, j0, o1, o2): o1[j] = sum(dy), o2[j] = sum(dy * (x - kp[j])).
+#: The slabs must be contiguous (unit L stride, C stride L elements; any N stride): callers
+#: check. kp: (C * L,) in the lanes' type, o1, o2: (C * L,) float64, all contiguous.
+vstrip0 = _make_strip(0)
+vstrip1 = _make_strip(1)

@@ -173,15 +173,18 @@ def _short_rows(x3: np.ndarray) -> bool:
     return l_ <= 512 and (l_ < 2 or x3.strides[2] == x3.itemsize)
 
 
-def _strips(x3: np.ndarray, nt: int) -> bool:
-    """Per-channel sums by strips of slab positions (``moments_ncl_strips``): contiguous (C, L)
-    slabs of at most 32768 elements (the per-block partials), rows shorter than 64 and at least
-    8 slabs per thread (the inner loop is over n). Measured (2 threads, float32, against the
-    kernel each replaces): statistics of (64, 128, 49) 0.75-0.85x the time, (128, 64, 16) 0.4x,
-    BatchNorm1d's (N, C) input (4096, 512) 0.6x, (65536, 16) 0.08x; rows of 64 are even."""
+def _strips(x3: np.ndarray, nt: int, shorter_than: int = 64) -> bool:
+    """Per-channel sums by strips of slab positions (``*_ncl_strips``): contiguous (C, L) slabs
+    of at most 32768 elements (the per-block partials), rows shorter than ``shorter_than`` and
+    at least 8 slabs per thread (the inner loop is over n). Measured (2 threads, float32, against
+    the kernel each replaces): statistics of (64, 128, 49) 0.75-0.85x the time, (128, 64, 16)
+    0.4x, BatchNorm1d's (N, C) input (4096, 512) 0.6x, (65536, 16) 0.08x, rows of 64 even; the
+    backward sums (two arrays, so a strip's accumulators take twice the registers) (128, 64, 24)
+    0.7x, (128, 64, 16) 0.55x, (4096, 512) 0.65-0.75x, (65536, 16) 0.16x, rows of 32-40 even,
+    49-56 1.1-1.3x: the backward passes ``shorter_than=32``."""
     n, c, l_ = x3.shape
     item = x3.itemsize
-    return (l_ < 64 and c * l_ <= 32768 and n >= 8 * nt
+    return (l_ < shorter_than and c * l_ <= 32768 and n >= 8 * nt
             and (l_ == 1 or x3.strides[2] == item) and (c == 1 or x3.strides[1] == l_ * item))
 
 
@@ -287,6 +290,9 @@ class NumbaBackend(Backend):
         stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
+        if _strips(x, nt, 32) and _strips(dy, nt, 32) and dy.dtype == x.dtype:
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(dy, x, *stats, _blocks(n, nt))
+        elif cl:
             pb, pw = _partials(_blocks(n * l_, nt), c)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, *stats, pb, pw)
         elif _short_rows(x) and _short_rows(dy):
