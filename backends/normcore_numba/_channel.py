@@ -52,7 +52,7 @@ from ._common import (
     lane_shift,
 )
 from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1  # noqa: F401  (FOLD: the backend sizes partials)
-from ._vmap import store_fence
+from ._vmap import store_fence, vaffine_each, vgrad_each
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
 # Run after a kernel's prange, in the same compiled call: merging the (blocks, C, lanes) partials
@@ -329,6 +329,70 @@ def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
     """_affine_ncl. Whole rows only: the backend hands few long rows over cut into pieces (a
     (N, C * k, L / k) view, the statistics repeated)."""
     _affine_ncl(x, mean, var, eps, weight, bias, y, nblk)
+
+
+# ---------------------------------------------------------------- periodic rows
+# Short rows (BatchNorm1d's (N, C) input, channels-last rows of C, (N, C, L) slabs with L < 64)
+# seen as rows of Q elements whose channel is periodic: channel (j // inner) % C of position j.
+# One row of per-position parameters serves every row, so the element-wise pass is one map per
+# long row, with no per-channel work inside it.
+
+
+@njit(inline="always", **HELPER)
+def _position_rows(mean, var, eps, weight, bias, q, inner, like):
+    """Per-position (c, a, s) rows of q elements in like's dtype for vaffine_each: y = (x - c) *
+    a + s is BatchNorm's centred scale and shift (_centered), with c rounded to like's dtype and
+    that rounding folded into s (as _vmap._affine_value32)."""
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    c_ = mu.shape[0]
+    cr = np.empty(q, like.dtype)
+    ar = np.empty(q, like.dtype)
+    sr = np.empty(q, like.dtype)
+    for ch in range(c_):  # loops, not j // inner % C: a division per position costs as much
+        cr[ch * inner] = mu[ch]  # as the whole pass on a small input; c rounded to like's dtype
+        sh = shift[ch] + (numba.float64(cr[ch * inner]) - mu[ch]) * scale[ch]
+        for j0 in range(ch * inner, q, c_ * inner):
+            for j in range(j0, j0 + inner):
+                cr[j] = cr[ch * inner]
+                ar[j] = scale[ch]
+                sr[j] = sh
+    return cr, ar, sr
+
+
+@njit(**KERNEL)
+def affine_periodic(x2, mean, var, eps, weight, bias, inner, y2, nblk):
+    """affine_ncl over (G, Q) rows of periodic channels (see above)."""
+    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+    rows = x2.shape[0]
+    for b in prange(nblk):
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            vaffine_each(x2[r], y2[r], cr, ar, sr)
+
+
+@njit(inline="always", **HELPER)
+def _repeat_rows(q, inner, a, k2, mu, k3):
+    """The per-channel float64 coefficients of bwd_apply as (4, q) rows of positions (channel
+    (j // inner) % C of position j)."""
+    c_ = a.shape[0]
+    out = np.empty((4, q))
+    for ch in range(c_):
+        for j0 in range(ch * inner, q, c_ * inner):
+            for j in range(j0, j0 + inner):
+                out[0, j] = a[ch]
+                out[1, j] = k2[ch]
+                out[2, j] = mu[ch]
+                out[3, j] = k3[ch]
+    return out
+
+
+@njit(**KERNEL)
+def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
+    """bwd_apply_ncl over (G, Q) rows of periodic channels (as affine_periodic)."""
+    p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
+    rows = x2.shape[0]
+    for b in prange(nblk):
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3])
 
 
 # Training forward in one call: statistics, then the normalize pass with them (float64, not yet

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import glob
 import importlib
+import math
 from typing import Any
 
 import numpy as np
@@ -188,6 +189,40 @@ def _strips(x3: np.ndarray, nt: int, shorter_than: int = 64) -> bool:
             and (l_ == 1 or x3.strides[2] == item) and (c == 1 or x3.strides[1] == l_ * item))
 
 
+#: Longest row of periodic channels (positions of a (C, L) slab or of r rows of C): three
+#: parameter rows of this many elements stay in the L1/L2 cache.
+_PERIOD_MAX = 8192
+#: Rows of periodic channels are grouped (r consecutive rows as one) up to this many elements:
+#: each row is one vaffine_each call, whose head and tail cost as much as a row of 16.
+_PERIOD_GROUP = 256
+
+
+def _periodic(x3: np.ndarray) -> tuple[np.ndarray, int, bool] | None:
+    """(x2, inner, channels_last): the (G, Q) view of (N, C, L) whose rows are long runs of
+    short channel rows, position j of a row in channel (j // inner) % C, for affine_periodic;
+    None when there is no such view. Rows of C channels (L == 1, or channels-last with the
+    (n, l) rows evenly spaced) or contiguous (C, L) slabs with L < 64; r consecutive rows are
+    grouped into one where they are adjacent in memory."""
+    n, c, l_ = x3.shape
+    item = x3.itemsize
+    s0, s1, s2 = x3.strides
+    if c > 1 and s1 == item and (l_ == 1 or s2 == c * item):
+        if l_ > 1 and n > 1 and s0 != l_ * s2:
+            return None
+        rows, period, inner, stride, last = n * l_, c, 1, s2 if l_ > 1 else s0, True
+    elif 1 < l_ < 32 and s2 == item and (c == 1 or s1 == l_ * item):
+        rows, period, inner, stride, last = n, c * l_, l_, s0, False
+    else:
+        return None
+    if period > _PERIOD_MAX:
+        return None
+    # r: a divisor of rows (the gcd with the wanted count: one C call, where the largest
+    # divisor would be a Python loop)
+    r = math.gcd(rows, max(1, _PERIOD_GROUP // period)) if stride == period * item else 1
+    x2 = (x3.transpose(0, 2, 1) if last else x3).reshape(rows // r, r * period)  # a view: checked
+    return x2, inner, last
+
+
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
     """Use the flat-row (L == 1) kernels on a (N, G, D*L) view: contiguous x and short L."""
     return l_ < 64 and x4.flags.c_contiguous
@@ -244,7 +279,14 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
-        if _channels_last(x):
+        periodic = _periodic(x)
+        if periodic is not None:
+            x2, inner, last = periodic
+            flat = _out((x.size,), dtype=x.dtype)
+            k.affine_periodic(x2, _vec(mean), _vec(var), float(eps), _vec(weight), _vec(bias),
+                              inner, flat.reshape(x2.shape), _blocks(x2.shape[0], nt))
+            y = flat.reshape(n, l_, c).transpose(0, 2, 1) if last else flat.reshape(n, c, l_)
+        elif _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), _vec(mean), _vec(var), float(eps), _vec(weight),
                          _vec(bias), yt, _blocks(n * l_, nt))
@@ -300,7 +342,14 @@ class NumbaBackend(Backend):
         else:
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
-        if cl:
+        px, pdy = _periodic(x), _periodic(dy)
+        if px is not None and pdy is not None and px[1:] == pdy[1:] and px[0].shape == pdy[0].shape:
+            x2, inner, last = px
+            flat = _out((x.size,), dtype=x.dtype)
+            k.bwd_apply_periodic(pdy[0], x2, mu, a, k2, k3, inner, flat.reshape(x2.shape),
+                                 _blocks(x2.shape[0], nt))
+            dx = flat.reshape(n, l_, c).transpose(0, 2, 1) if last else flat.reshape(n, c, l_)
+        elif cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_, nt))
             dx = dxt.transpose(0, 2, 1)
