@@ -14,10 +14,11 @@ pytest.importorskip("numba")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "sliced", "short_rows", "short_rows_n_strided",
-                                    "one_per_row"])
+                                    "one_per_row", "channels_last"])
 def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) -> None:
     """Every backward reduction path: long rows (contiguous and strided), short rows by strips
-    of slab positions (contiguous slabs at any n stride) and BatchNorm1d's (N, C) input."""
+    of slab positions (contiguous slabs at any n stride), BatchNorm1d's (N, C) input and
+    channels-last rows of C (strips of grouped rows)."""
     rng = np.random.default_rng(7)
     shape = {"short_rows": (64, 3, 40), "short_rows_n_strided": (64, 3, 40),
              "one_per_row": (300, 5, 1)}.get(layout, (4, 3, 4099))
@@ -27,6 +28,8 @@ def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) 
         x, dy = (np.repeat(a, 2, axis=2)[:, :, ::2] for a in (x, dy))
     if layout == "short_rows_n_strided":
         x, dy = (np.repeat(a, 2, axis=0)[::2] for a in (x, dy))
+    if layout == "channels_last":
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1) for a in (x, dy))
     x64 = x.astype(np.float64)
     mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
     ref = normcore.get_backend("numpy").channel_normalize_backward(
@@ -47,11 +50,13 @@ def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: 
     sample 8 std away from the mean (the worst case for shifted sums) and mean 1e4, mean and
     variance stay within 2e-5 relative of float64. Lengths cross the 16-lane vectors, the masked
     tail, the flush period and (C * L) slabs of more and fewer than one wide strip; N = 6 keeps
-    the row-range kernel for short rows, L = 1 with C = 150 the channels-last one."""
+    the row-range kernel for short rows, L = 1 with C = 150 the channels-last one; channels-last
+    copies with enough (n, l) rows go by strips of grouped rows of C."""
     rng = np.random.default_rng(length)
     x = rng.normal(1e4, 1.0, size=(*n_c, length)).astype(dtype)
     x[0, :, 0] += 8.0
-    xs = [x, np.repeat(x, 2, axis=0)[::2]]  # contiguous, and rows at a wider n stride
+    # contiguous, rows at a wider n stride, and channels-last (C fastest: rows of C channels)
+    xs = [x, np.repeat(x, 2, axis=0)[::2], np.ascontiguousarray(x.transpose(0, 2, 1)).transpose(0, 2, 1)]
     for arr in xs:
         mean, var = normcore.get_backend("numba").channel_moments(arr)
         x64 = arr.astype(np.float64)

@@ -222,60 +222,80 @@ def _row_span(r0, r1, c_):
     return n0, r0 - n0 * c_, n1 + 1, r1 - n1 * c_
 
 
+# Strip kernels take slabs of Q positions, position j of a slab in channel (j // inner) % C:
+# (N, C, L) with contiguous (C, L) slabs (inner = L), or rows of C channels grouped r at a time
+# into slabs of r * C (inner = 1: BatchNorm1d's (N, C) and channels-last input), viewed as
+# (slabs, Q, 1) by the backend.
+
+
 @njit(inline="always", **HELPER)
-def _position_shifts(x, shift):
-    """kp[c * L + l] = shift[c] in x's dtype: the per-position shifts of the strip intrinsics
-    (which must be exact in x's dtype; the callers' are)."""
-    c_, l_ = x.shape[1], x.shape[2]
-    kp = np.empty(c_ * l_, x.dtype)
+def _slab_shifts(x, c_, inner):
+    """k[c]: one sample of channel c (the first slab's position c * inner), float64."""
+    l_ = x.shape[2]
+    k = np.empty(c_)
     for c in range(c_):
-        for j in range(c * l_, (c + 1) * l_):  # (a slice assignment here becomes a parfor)
-            kp[j] = shift[c]
+        pos = c * inner
+        k[c] = x[0, pos // l_, pos % l_]
+    return k
+
+
+@njit(inline="always", **HELPER)
+def _position_shifts(x, c_, inner, shift):
+    """kp[j] = shift[(j // inner) % C] in x's dtype: the per-position shifts of the strip
+    intrinsics (which must be exact in x's dtype; the callers' are)."""
+    q = x.shape[1] * x.shape[2]
+    kp = np.empty(q, x.dtype)
+    for c in range(c_):  # loops: a slice assignment here becomes a parfor, a division per
+        for j0 in range(c * inner, q, c_ * inner):  # position costs more than the pass
+            for j in range(j0, j0 + inner):
+                kp[j] = shift[c]
     return kp
 
 
 @njit(inline="always", **HELPER)
-def _strip_partials(nblk, c_, l_):
-    """Per-block (C * L,) position sums and (C, 1) channel sums, float64."""
-    p_ = c_ * l_
-    return np.empty((nblk, p_)), np.empty((nblk, p_)), np.empty((nblk, c_, 1)), np.empty((nblk, c_, 1))
+def _strip_partials(nblk, q, c_):
+    """Per-block (Q,) position sums and (C, 1) channel sums, float64."""
+    return np.empty((nblk, q)), np.empty((nblk, q)), np.empty((nblk, c_, 1)), np.empty((nblk, c_, 1))
 
 
 @njit(inline="always", **HELPER)
-def _onto_channels(o1, o2, s1, s2, b, l_):
-    """Block b's position sums folded into its channel sums (positions c * L .. (c + 1) * L)."""
-    for c in range(s1.shape[1]):
+def _onto_channels(o1, o2, s1, s2, b, inner):
+    """Block b's position sums folded into its channel sums (position j into (j // inner) % C)."""
+    c_ = s1.shape[1]
+    q = o1.shape[1]
+    for c in range(c_):
         t1 = 0.0
         t2 = 0.0
-        for j in range(c * l_, (c + 1) * l_):
-            t1 += o1[b, j]
-            t2 += o2[b, j]
+        for j0 in range(c * inner, q, c_ * inner):
+            for j in range(j0, j0 + inner):
+                t1 += o1[b, j]
+                t2 += o2[b, j]
         s1[b, c, 0] = t1
         s2[b, c, 0] = t2
 
 
 @njit(inline="always", **HELPER)
-def _sums_strips(x, nblk):
-    """_sums_ncl over contiguous (C, L) slabs x[n]: each block takes a range of n and sums every
-    position of the slab over it, a strip of positions at a time (vstrip0: the inner loop is
-    over n, with no per-row work beyond the loads), then folds positions into channels. For
-    short rows and enough n; (C * L,) float64 partials per block."""
-    n_, c_, l_ = x.shape
-    k = _first_samples(x)
-    kp = _position_shifts(x, k)
-    o1, o2, s1, s2 = _strip_partials(nblk, c_, l_)
-    width = STRIP_WIDE if c_ * l_ >= STRIP_WIDE else STRIP_NARROW  # as vstrip0 chooses
+def _sums_strips(x, c_, inner, nblk):
+    """_sums_ncl over slabs of positions (see above): each block takes a range of slabs and
+    sums every position over it, a strip of positions at a time (vstrip0: the inner loop is
+    over slabs, with no per-row work beyond the loads), then folds positions into channels."""
+    n_ = x.shape[0]
+    q = x.shape[1] * x.shape[2]
+    k = _slab_shifts(x, c_, inner)
+    kp = _position_shifts(x, c_, inner, k)
+    o1, o2, s1, s2 = _strip_partials(nblk, q, c_)
+    width = STRIP_WIDE if q >= STRIP_WIDE else STRIP_NARROW  # as vstrip0 chooses
     for b in prange(nblk):
-        for j0 in range(0, c_ * l_, width):
+        for j0 in range(0, q, width):
             vstrip0(x, x, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
-        _onto_channels(o1, o2, s1, s2, b, l_)
-    return _moments(s1, s2, k, n_ * l_)
+        _onto_channels(o1, o2, s1, s2, b, inner)
+    return _moments(s1, s2, k, n_ * q // c_)
 
 
 @njit(**KERNEL)
-def moments_ncl_strips(x, nblk):
-    """moments_ncl over contiguous (C, L) slabs by strips of positions (see _sums_strips)."""
-    mean, var = _sums_strips(x, nblk)
+def moments_ncl_strips(x, c_, inner, nblk):
+    """moments_ncl over slabs of C channels by strips of positions (see _sums_strips)."""
+    mean, var = _sums_strips(x, c_, inner, nblk)
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -411,8 +431,9 @@ def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk):
 
 @njit(**KERNEL)
 def batch_ncl_strips(x, eps, weight, bias, y, nblk):
-    """moments_ncl_strips, then affine_ncl into y with the float64 statistics."""
-    mean, var = _sums_strips(x, nblk)
+    """moments_ncl_strips of (N, C, L) with contiguous (C, L) slabs, then affine_ncl into y with
+    the float64 statistics."""
+    mean, var = _sums_strips(x, x.shape[1], x.shape[2], nblk)
     _affine_ncl(x, mean, var, eps, weight, bias, y, nblk)
     return mean.astype(x.dtype), var.astype(x.dtype)
 
@@ -483,22 +504,24 @@ def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
 
 
 @njit(**KERNEL)
-def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, nblk):
-    """bwd_reduce_ncl over contiguous (C, L) slabs of x and dy by strips of positions (vstrip1,
-    as moments_ncl_strips); dy and x of one dtype."""
-    n_, c_, l_ = x.shape
+def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, inner, nblk):
+    """bwd_reduce_ncl over slabs of positions of x and dy by strips (vstrip1, as
+    moments_ncl_strips; C = mu's length); dy and x of one dtype."""
+    n_ = x.shape[0]
+    c_ = mu.shape[0]
+    q = x.shape[1] * x.shape[2]
     shift = np.empty(c_)
     for c in range(c_):
         shift[c] = lane_shift(dy, x, mu[c])
-    kp = _position_shifts(x, shift)
-    o1, o2, pb, pw = _strip_partials(nblk, c_, l_)
-    width = STRIP_WIDE if c_ * l_ >= STRIP_WIDE else STRIP_NARROW  # as vstrip1 chooses
+    kp = _position_shifts(x, c_, inner, shift)
+    o1, o2, pb, pw = _strip_partials(nblk, q, c_)
+    width = STRIP_WIDE if q >= STRIP_WIDE else STRIP_NARROW  # as vstrip1 chooses
     for b in prange(nblk):
-        for j0 in range(0, c_ * l_, width):
+        for j0 in range(0, q, width):
             vstrip1(x, dy, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
-        _onto_channels(o1, o2, pb, pw, b, l_)
+        _onto_channels(o1, o2, pb, pw, b, inner)
     _onto_mu(dy, x, mu, pb, pw)
-    return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
+    return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * q // c_, batch_stats)
 
 
 @njit(inline="always", **HELPER)

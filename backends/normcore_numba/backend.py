@@ -174,19 +174,46 @@ def _short_rows(x3: np.ndarray) -> bool:
     return l_ <= 512 and (l_ < 2 or x3.strides[2] == x3.itemsize)
 
 
-def _strips(x3: np.ndarray, nt: int, shorter_than: int = 64) -> bool:
-    """Per-channel sums by strips of slab positions (``*_ncl_strips``): contiguous (C, L) slabs
-    of at most 32768 elements (the per-block partials), rows shorter than ``shorter_than`` and
-    at least 8 slabs per thread (the inner loop is over n). Measured (2 threads, float32, against
-    the kernel each replaces): statistics of (64, 128, 49) 0.75-0.85x the time, (128, 64, 16)
-    0.4x, BatchNorm1d's (N, C) input (4096, 512) 0.6x, (65536, 16) 0.08x, rows of 64 even; the
-    backward sums (two arrays, so a strip's accumulators take twice the registers) (128, 64, 24)
-    0.7x, (128, 64, 16) 0.55x, (4096, 512) 0.65-0.75x, (65536, 16) 0.16x, rows of 32-40 even,
-    49-56 1.1-1.3x: the backward passes ``shorter_than=32``."""
+def _group(rows: int, width: int, most: int) -> int:
+    """How many of ``rows`` adjacent rows of ``width`` elements to take as one: a divisor of
+    rows, the gcd with the largest power of two that keeps r * width <= most (one C call where
+    the largest divisor would be a Python loop; a power of two, as batch sizes are)."""
+    want = most // width
+    return math.gcd(rows, 1 << (want.bit_length() - 1)) if want > 1 else 1
+
+
+#: Rows of C channels are grouped into slabs of up to this many positions for the strip
+#: kernels (one wide strip per slab row: each row of a strip is one contiguous run).
+_STRIP_GROUP = 128
+
+
+def _strip_view(x3: np.ndarray, nt: int, shorter_than: int = 64
+                ) -> tuple[np.ndarray, int, int] | None:
+    """(slabs, C, inner) for the strip kernels (``*_ncl_strips``), or None: per-channel sums by
+    strips of slab positions, the inner loop over slabs. Contiguous (C, L) slabs with rows
+    shorter than ``shorter_than`` (x3 itself, inner = L), or rows of C channels (BatchNorm1d's
+    (N, C), channels-last rows evenly spaced) grouped r at a time into (N * L / r, r * C, 1)
+    slabs (inner = 1); slabs of at most 32768 positions (the per-block partials) and at least 8
+    per thread. Measured (2 threads, float32, against the kernel each replaces): statistics of
+    (64, 128, 49) 0.75-0.85x the time, (128, 64, 16) 0.4x, rows of 64 even; (4096, 512) 0.6x,
+    (65536, 16) 0.08x; NHWC (32, 64, 56, 56) 0.5x, (64, 3, 32, 32) 0.08x. The backward sums
+    (two arrays, so a strip's accumulators take twice the registers): (128, 64, 24) 0.7x,
+    (128, 64, 16) 0.55x, (4096, 512) 0.65-0.75x, (65536, 16) 0.16x, rows of 32-40 even, 49-56
+    1.1-1.3x: the backward passes ``shorter_than=32``."""
     n, c, l_ = x3.shape
     item = x3.itemsize
-    return (l_ < shorter_than and c * l_ <= 32768 and n >= 8 * nt
-            and (l_ == 1 or x3.strides[2] == item) and (c == 1 or x3.strides[1] == l_ * item))
+    s0, s1, s2 = x3.strides
+    if c > 1 and s1 == item and (l_ == 1 or (s2 == c * item and (n == 1 or s0 == l_ * s2))):
+        rows = n * l_
+        stride = s0 if l_ == 1 else s2
+        r = _group(rows, c, _STRIP_GROUP) if stride == c * item else 1
+        if rows // r < 8 * nt or r * c > 32768:
+            return None
+        return (x3.transpose(0, 2, 1) if l_ > 1 else x3).reshape(rows // r, r * c, 1), c, 1
+    if (l_ < shorter_than and c * l_ <= 32768 and n >= 8 * nt
+            and (l_ == 1 or s2 == item) and (c == 1 or s1 == l_ * item)):
+        return x3, c, l_
+    return None
 
 
 #: Longest row of periodic channels (positions of a (C, L) slab or of r rows of C): three
@@ -224,9 +251,7 @@ def _periodic(x3: np.ndarray) -> tuple[np.ndarray, int, bool] | None:
         return None
     if period > _PERIOD_MAX:
         return None
-    # r: a divisor of rows (the gcd with the wanted count: one C call, where the largest
-    # divisor would be a Python loop)
-    r = math.gcd(rows, max(1, _PERIOD_GROUP // period)) if stride == period * item else 1
+    r = _group(rows, period, _PERIOD_GROUP) if stride == period * item else 1
     x2 = (x3.transpose(0, 2, 1) if last else x3).reshape(rows // r, r * period)  # a view: checked
     return x2, inner, last
 
@@ -270,8 +295,10 @@ class NumbaBackend(Backend):
         nt = _num_threads()
         x = _widen(x3)  # the statistics come back in x's dtype: float32 for float16 input
         n, c, l_ = x.shape
-        if _strips(x, nt):
-            return k.moments_ncl_strips(x, _blocks(n, nt))
+        strips = _strip_view(x, nt)
+        if strips is not None:
+            slabs, c_, inner = strips
+            return k.moments_ncl_strips(slabs, c_, inner, _blocks(slabs.shape[0], nt))
         if _channels_last(x):
             p1, p2 = _partials(_blocks(n * l_, nt), c)
             return k.moments_nlc(x.transpose(0, 2, 1), _f64(x[0, :, 0]), p1, p2)
@@ -318,7 +345,7 @@ class NumbaBackend(Backend):
         k = _kernels("_channel")
         y = _out((n, c, l_), dtype=x.dtype)
         args = (float(eps), _vec(weight), _vec(bias), y, _blocks(n * c, nt))
-        if _strips(x, nt):
+        if _strip_view(x, nt) is not None:  # (N, C, L) slabs: channels-last went above
             mean, var = k.batch_ncl_strips(x, *args)
         elif _short_rows(x):
             mean, var = k.batch_ncl_rows(x, *args)
@@ -340,8 +367,12 @@ class NumbaBackend(Backend):
         stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
         if cl:
             xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
-        if _strips(x, nt, 32) and _strips(dy, nt, 32) and dy.dtype == x.dtype:
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(dy, x, *stats, _blocks(n, nt))
+        sx, sdy = _strip_view(x, nt, 32), _strip_view(dy, nt, 32)
+        if (sx is not None and sdy is not None and sx[1:] == sdy[1:]
+                and sx[0].shape == sdy[0].shape and dy.dtype == x.dtype):
+            slabs = sx[0]
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
+                                                                _blocks(slabs.shape[0], nt))
         elif cl:
             pb, pw = _partials(_blocks(n * l_, nt), c)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, *stats, pb, pw)
