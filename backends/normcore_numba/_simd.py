@@ -260,9 +260,11 @@ ROW_LANES = 16
 #: channel with F = ROW_ADDS - ceil(vectors / 2) (at least 1). Rows of up to 2 * ROW_ADDS
 #: vectors (512 float32) only: longer rows go to the per-row kernels.
 ROW_ADDS = 16
-#: Rows of at most this many full vectors (64 float32 elements, plus a tail) walk with the
-#: per-vector loop unrolled (see _rows_codegen).
-UNROLLED_VECTORS = 4
+#: Rows of these many full vectors (64..79 float32 elements: 8x8 feature maps) walk with the
+#: per-vector loop unrolled (see _rows_codegen). Shorter rows with many n go by strips instead
+#: (_channel's *_strips), and each unrolled walk costs compile time: five of them (0..4 vectors)
+#: made the first BatchNorm forward's compile 0.3 s longer than none.
+UNROLLED_VECTORS = (4,)
 
 
 def _rows_codegen(mode):
@@ -343,12 +345,26 @@ def _rows_codegen(mode):
         vectors = builder.add(nvec, builder.zext(has_tail, l_.type))
         per = builder.sub(const(ROW_ADDS), builder.sdiv(builder.add(vectors, const(1)), const(2)))
         every = builder.mul(c_, builder.select(builder.icmp_signed("<", per, const(1)), const(1), per))
-        n_at = cgutils.alloca_once(builder, l_.type)
         c_at = cgutils.alloca_once(builder, l_.type)
+        # the rows' starts step by C's stride, and on to the next n at the wrap (no multiplies
+        # per row: with them, the walk's own registers spill)
+        pa_at = cgutils.alloca_once(builder, arr_a.data.type)
+        pb_at = cgutils.alloca_once(builder, arr_b.data.type)
         since = cgutils.alloca_once_value(builder, const(0))  # rows since the last flush
         first = builder.sdiv(r0, c_)
-        builder.store(first, n_at)
-        builder.store(builder.sub(r0, builder.mul(first, c_)), c_at)
+        c_first = builder.sub(r0, builder.mul(first, c_))
+        builder.store(c_first, c_at)
+        steps = []
+        for arr, at in ((arr_a, pa_at), (arr_b, pb_at)):
+            builder.store(row_of(arr, first, c_first), at)
+            s0, s1 = (builder.extract_value(arr.strides, i) for i in (0, 1))
+            steps.append((s1, builder.sub(s0, builder.mul(builder.sub(c_, const(1)), s1))))
+
+        def advance(at, step, wrap):
+            by = builder.select(wrap, step[1], step[0])
+            nxt = builder.gep(builder.bitcast(builder.load(at), i8p), [by])
+            builder.store(builder.bitcast(nxt, at.type.pointee), at)
+
         part = [cgutils.alloca_once(builder, vt) for _ in range(4)]  # (sum, other) x 2 partials
 
         def row_loop(nv):
@@ -356,8 +372,8 @@ def _rows_codegen(mode):
             over them unrolled), any number (``nvec``) when None. Vector j goes to partial j % 2
             and the tail to partial 1 either way, so every version sums in the same order."""
             with cgutils.for_range(builder, builder.sub(r1, r0)):
-                n, c = builder.load(n_at), builder.load(c_at)
-                pa, pb = row_of(arr_a, n, c), row_of(arr_b, n, c)
+                c = builder.load(c_at)
+                pa, pb = builder.load(pa_at), builder.load(pb_at)
                 kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
                 kl = builder.fptrunc(kd, _F32) if narrow else kd
                 kv = _splat(builder, kl, vt)
@@ -389,20 +405,21 @@ def _rows_codegen(mode):
                 c1 = builder.add(c, const(1))
                 wrap = builder.icmp_signed("==", c1, c_)
                 builder.store(builder.select(wrap, const(0), c1), c_at)
-                builder.store(builder.select(wrap, builder.add(n, const(1)), n), n_at)
+                advance(pa_at, steps[0], wrap)
+                if mode != 0:
+                    advance(pb_at, steps[1], wrap)
                 done = builder.add(builder.load(since), const(1))
                 builder.store(done, since)
                 with builder.if_then(builder.icmp_signed("==", done, every)):
                     flush()
                     builder.store(const(0), since)
 
-        # Rows of up to UNROLLED_VECTORS full vectors get a walk of their own (a switch on the
-        # count, once per call): on rows of 49..64 elements the generic loop's own bookkeeping
-        # costs as much as the row's arithmetic.
+        # Rows of UNROLLED_VECTORS full vectors get a walk of their own (a switch on the count,
+        # once per call): on rows of 64 elements the generic loop's own bookkeeping costs 7%.
         end = builder.append_basic_block("rows.end")
         generic = builder.append_basic_block("rows.generic")
         switch = builder.switch(nvec, generic)
-        for nv in range(UNROLLED_VECTORS + 1):
+        for nv in UNROLLED_VECTORS:
             block = builder.append_basic_block(f"rows.{nv}")
             switch.add_case(ir.Constant(l_.type, nv), block)
             builder.position_at_end(block)
