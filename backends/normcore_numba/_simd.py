@@ -344,73 +344,59 @@ def _rows_codegen(mode):
         mask = builder.icmp_signed("<", ir.Constant(iv, list(range(ROW_LANES))), rem)
         vectors = builder.add(nvec, builder.zext(has_tail, l_.type))
         per = builder.sub(const(ROW_ADDS), builder.sdiv(builder.add(vectors, const(1)), const(2)))
-        every = builder.mul(c_, builder.select(builder.icmp_signed("<", per, const(1)), const(1), per))
-        c_at = cgutils.alloca_once(builder, l_.type)
-        # the rows' starts step by C's stride, and on to the next n at the wrap (no multiplies
-        # per row: with them, the walk's own registers spill)
-        pa_at = cgutils.alloca_once(builder, arr_a.data.type)
-        pb_at = cgutils.alloca_once(builder, arr_b.data.type)
-        since = cgutils.alloca_once_value(builder, const(0))  # rows since the last flush
-        first = builder.sdiv(r0, c_)
-        c_first = builder.sub(r0, builder.mul(first, c_))
-        builder.store(c_first, c_at)
-        steps = []
-        for arr, at in ((arr_a, pa_at), (arr_b, pb_at)):
-            builder.store(row_of(arr, first, c_first), at)
-            s0, s1 = (builder.extract_value(arr.strides, i) for i in (0, 1))
-            steps.append((s1, builder.sub(s0, builder.mul(builder.sub(c_, const(1)), s1))))
-
-        def advance(at, step, wrap):
-            by = builder.select(wrap, step[1], step[0])
-            nxt = builder.gep(builder.bitcast(builder.load(at), i8p), [by])
-            builder.store(builder.bitcast(nxt, at.type.pointee), at)
-
+        per = builder.select(builder.icmp_signed("<", per, const(1)), const(1), per)
+        # The walk: n from the block's first row's to its last row's, c over the rows of each n
+        # in the block (nested loops: a single loop over rows spent as much on stepping (n, c)
+        # and counting rows to the next flush as on a 64-element row's arithmetic). Each n adds
+        # at most one row per channel, so flushing every ``per`` n keeps the bound of ROW_ADDS.
+        n_first = builder.sdiv(r0, c_)
+        c_first = builder.sub(r0, builder.mul(n_first, c_))
+        n_last = builder.sdiv(builder.sub(r1, const(1)), c_)
+        c_end = builder.sub(r1, builder.mul(n_last, c_))
+        since = cgutils.alloca_once_value(builder, const(0))  # n since the last flush
         part = [cgutils.alloca_once(builder, vt) for _ in range(4)]  # (sum, other) x 2 partials
 
         def row_loop(nv):
             """The walk over the rows; ``nv`` full vectors per row when a Python int (the loop
             over them unrolled), any number (``nvec``) when None. Vector j goes to partial j % 2
             and the tail to partial 1 either way, so every version sums in the same order."""
-            with cgutils.for_range(builder, builder.sub(r1, r0)):
-                c = builder.load(c_at)
-                pa, pb = builder.load(pa_at), builder.load(pb_at)
-                kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
-                kl = builder.fptrunc(kd, _F32) if narrow else kd
-                kv = _splat(builder, kl, vt)
-                for acc in part:
-                    builder.store(zero_v, acc)
+            builder.store(const(0), since)
+            with cgutils.for_range_slice(builder, n_first, builder.add(n_last, const(1)), const(1)) as (n, _):
+                cs = builder.select(builder.icmp_signed("==", n, n_first), c_first, const(0))
+                ce = builder.select(builder.icmp_signed("==", n, n_last), c_end, c_)
+                with cgutils.for_range_slice(builder, cs, ce, const(1)) as (c, _):
+                    pa, pb = row_of(arr_a, n, c), row_of(arr_b, n, c)
+                    kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
+                    kl = builder.fptrunc(kd, _F32) if narrow else kd
+                    kv = _splat(builder, kl, vt)
+                    for acc in part:
+                        builder.store(zero_v, acc)
 
-                def vec(v_idx, j):
-                    t, u = terms(pa, pb, builder.mul(v_idx, const(ROW_LANES)), kv)
-                    add_into(part[j], t)
-                    add_into(part[2 + j], u)
+                    def vec(v_idx, j):
+                        t, u = terms(pa, pb, builder.mul(v_idx, const(ROW_LANES)), kv)
+                        add_into(part[j], t)
+                        add_into(part[2 + j], u)
 
-                if nv is None:
-                    with cgutils.for_range(builder, npair) as pairs:
-                        v0 = builder.mul(pairs.index, const(2))
-                        vec(v0, 0)
-                        vec(builder.add(v0, const(1)), 1)
-                    with builder.if_then(odd):
-                        vec(builder.sub(nvec, const(1)), 0)
-                else:
-                    for j in range(nv):
-                        vec(const(j), j % 2)
-                with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
-                    t, u = terms(pa, pb, tail0, kv, mask)
-                    add_into(part[1], builder.select(mask, t, zero_v))
-                    add_into(part[3], builder.select(mask, u, zero_v))
-                for q, i in ((q1, 0), (q2, 2)):
-                    row = builder.fadd(builder.load(part[i]), builder.load(part[i + 1]))
-                    add_into(lanes_at(q, c, vt), row, 4)
-                c1 = builder.add(c, const(1))
-                wrap = builder.icmp_signed("==", c1, c_)
-                builder.store(builder.select(wrap, const(0), c1), c_at)
-                advance(pa_at, steps[0], wrap)
-                if mode != 0:
-                    advance(pb_at, steps[1], wrap)
+                    if nv is None:
+                        with cgutils.for_range(builder, npair) as pairs:
+                            v0 = builder.mul(pairs.index, const(2))
+                            vec(v0, 0)
+                            vec(builder.add(v0, const(1)), 1)
+                        with builder.if_then(odd):
+                            vec(builder.sub(nvec, const(1)), 0)
+                    else:
+                        for j in range(nv):
+                            vec(const(j), j % 2)
+                    with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
+                        t, u = terms(pa, pb, tail0, kv, mask)
+                        add_into(part[1], builder.select(mask, t, zero_v))
+                        add_into(part[3], builder.select(mask, u, zero_v))
+                    for q, i in ((q1, 0), (q2, 2)):
+                        row = builder.fadd(builder.load(part[i]), builder.load(part[i + 1]))
+                        add_into(lanes_at(q, c, vt), row, 4)
                 done = builder.add(builder.load(since), const(1))
                 builder.store(done, since)
-                with builder.if_then(builder.icmp_signed("==", done, every)):
+                with builder.if_then(builder.icmp_signed("==", done, per)):
                     flush()
                     builder.store(const(0), since)
 
