@@ -38,8 +38,8 @@ class _State:
         self.sync = make_sync(be)
         host_x = random(shape, dtype, seed=0)
         host_dy = random(shape, dtype, seed=1)
-        self.x = be.asarray(host_x)
-        self.dy = be.asarray(host_dy)
+        self.x = bench.layout(be.asarray(host_x))
+        self.dy = bench.layout(be.asarray(host_dy))
         self.nbytes = host_x.nbytes
         del host_x, host_dy
         self.layer = bench.build(be, shape, dtype)
@@ -77,6 +77,10 @@ class _LayerBench:
     def build(self, backend: Any, shape: tuple[int, ...], dtype: str) -> Any:
         """A new layer for input ``shape`` on ``backend``."""
         raise NotImplementedError
+
+    def layout(self, a: Any) -> Any:
+        """The input and gradient as the layer gets them (the array as made, by default)."""
+        return a
 
     def forward(self, st: _State) -> Any:
         """Run the training-mode forward; return what backward needs (the module's saved state)."""

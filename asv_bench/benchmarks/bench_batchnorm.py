@@ -31,6 +31,13 @@ class BatchNorm2dMemory(_BatchNorm2d, _MemoryBench):
     pass
 
 
+class BatchNorm2dChannelsLast(_BatchNorm2d, _ModuleBench):
+    """NCHW shapes with NHWC strides (channels_last memory format): its own kernels, no copy."""
+
+    def layout(self, a: Any) -> Any:
+        return a.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
+
+
 
 class _BatchNorm1d:
     # (N, C) input, as after a linear layer: per-channel statistics over rows of C channels

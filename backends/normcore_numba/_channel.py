@@ -17,9 +17,12 @@ row pays no tree sum of its own. The partials are merged in block and lane order
 prange, in the same compiled call (deterministic for a fixed thread count). Contiguous rows of up to 512
 elements go through ``*_rows`` instead: each block hands its range of rows to one intrinsic
 (``_simd.vrows0``/``vrows1``) that walks them itself and keeps (blocks, C, ROW_LANES) partials;
-statistics of rows under 64 elements with many n (and the (N, C) input of BatchNorm1d) go by
-strips of (C, L) slab positions instead, summed over each block's n (``_simd.vstrip0``), so the
-inner loop has no per-row work at all.
+statistics of rows under 64 elements with many n (backward sums: under 32) go by strips of
+(C, L) slab positions instead, summed over each block's n (``_simd.vstrip0``/``vstrip1``), so
+the inner loop has no per-row work at all; so do rows of C channels (BatchNorm1d's (N, C) input,
+channels-last input), grouped a few rows to a slab. The element-wise passes over such short
+rows (BatchNorm1d, channels-last, slabs with L < 32) run as long rows with one row of
+per-position parameters (``affine_periodic``, ``bwd_apply_periodic``).
 Reductions walk their block's units like an odometer (chunk, c, n): a ``prange`` iteration
 costs far more than a loop iteration, and decoding a unit index takes integer divisions, so
 each block decodes its first unit once. Element-wise passes take whole rows only, in nested
