@@ -256,6 +256,22 @@ def _periodic(x3: np.ndarray) -> tuple[np.ndarray, int, bool] | None:
     return x2, inner, last
 
 
+def _paired(vx: tuple | None, vdy: tuple | None) -> bool:
+    """Whether x's and dy's views (from _strip_view or _periodic) exist and match: the same
+    shape and the same channel mapping, so one kernel call can walk both."""
+    return (vx is not None and vdy is not None and vx[1:] == vdy[1:]
+            and vx[0].shape == vdy[0].shape)
+
+
+def _periodic_out(x3: np.ndarray, x2: np.ndarray, last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A contiguous output for the periodic maps: its (G, Q) view, written by the kernel, and
+    the (N, C, L) view returned (channels-last when x's rows are rows of C channels)."""
+    n, c, l_ = x3.shape
+    flat = _out((x3.size,), dtype=x3.dtype)
+    return flat.reshape(x2.shape), (flat.reshape(n, l_, c).transpose(0, 2, 1) if last
+                                    else flat.reshape(n, c, l_))
+
+
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
     """Use the flat-row (L == 1) kernels on a (N, G, D*L) view: contiguous x and short L."""
     return l_ < 64 and x4.flags.c_contiguous
@@ -317,10 +333,9 @@ class NumbaBackend(Backend):
         periodic = _periodic(x)
         if periodic is not None:
             x2, inner, last = periodic
-            flat = _out((x.size,), dtype=x.dtype)
+            y2, y = _periodic_out(x, x2, last)
             k.affine_periodic(x2, _vec(mean), _vec(var), float(eps), _vec(weight), _vec(bias),
-                              inner, flat.reshape(x2.shape), _blocks(x2.shape[0], nt))
-            y = flat.reshape(n, l_, c).transpose(0, 2, 1) if last else flat.reshape(n, c, l_)
+                              inner, y2, _blocks(x2.shape[0], nt))
         elif _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), _vec(mean), _vec(var), float(eps), _vec(weight),
@@ -365,32 +380,29 @@ class NumbaBackend(Backend):
         cl = _channels_last(x)
         nch = _nchunk(n * c, l_, nt)
         stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
-        if cl:
-            xt, dyt = x.transpose(0, 2, 1), dy.transpose(0, 2, 1)
         sx, sdy = _strip_view(x, nt, 32), _strip_view(dy, nt, 32)
-        if (sx is not None and sdy is not None and sx[1:] == sdy[1:]
-                and sx[0].shape == sdy[0].shape and dy.dtype == x.dtype):
+        if _paired(sx, sdy) and dy.dtype == x.dtype:
             slabs = sx[0]
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
                                                                 _blocks(slabs.shape[0], nt))
         elif cl:
             pb, pw = _partials(_blocks(n * l_, nt), c)
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, *stats, pb, pw)
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1),
+                                                         *stats, pb, pw)
         elif _short_rows(x) and _short_rows(dy):
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
         else:
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
         px, pdy = _periodic(x), _periodic(dy)
-        if px is not None and pdy is not None and px[1:] == pdy[1:] and px[0].shape == pdy[0].shape:
+        if _paired(px, pdy):
             x2, inner, last = px
-            flat = _out((x.size,), dtype=x.dtype)
-            k.bwd_apply_periodic(pdy[0], x2, mu, a, k2, k3, inner, flat.reshape(x2.shape),
-                                 _blocks(x2.shape[0], nt))
-            dx = flat.reshape(n, l_, c).transpose(0, 2, 1) if last else flat.reshape(n, c, l_)
+            dx2, dx = _periodic_out(x, x2, last)
+            k.bwd_apply_periodic(pdy[0], x2, mu, a, k2, k3, inner, dx2, _blocks(x2.shape[0], nt))
         elif cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
-            k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, dxt, _blocks(n * l_, nt))
+            k.bwd_apply_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1), mu, a, k2, k3, dxt,
+                            _blocks(n * l_, nt))
             dx = dxt.transpose(0, 2, 1)
         else:
             dx = _out((n, c, l_), dtype=x.dtype)
