@@ -260,7 +260,7 @@ ROW_LANES = 16
 #: channel with F = ROW_ADDS - ceil(vectors / 2) (at least 1). Rows of up to 2 * ROW_ADDS
 #: vectors (512 float32) only: longer rows go to the per-row kernels.
 ROW_ADDS = 16
-#: Rows of these many full vectors (64..79 float32 elements: 8x8 feature maps) walk with the
+#: Rows of exactly these many vectors (64 float32 elements: 8x8 feature maps) walk with the
 #: per-vector loop unrolled (see _rows_codegen). Shorter rows with many n go by strips instead
 #: (_channel's *_strips), and each unrolled walk costs compile time: five of them (0..4 vectors)
 #: made the first BatchNorm forward's compile 0.3 s longer than none.
@@ -290,10 +290,13 @@ def _rows_codegen(mode):
         zero_v = ir.Constant(vt, [0.0] * ROW_LANES)
         i8p = ir.IntType(8).as_pointer()
 
-        def row_of(arr, n, c):
-            s0, s1 = (builder.extract_value(arr.strides, i) for i in (0, 1))
-            off = builder.add(builder.mul(n, s0), builder.mul(c, s1))
-            return builder.bitcast(builder.gep(builder.bitcast(arr.data, i8p), [off]), arr.data.type)
+        def n_base(arr, n):  # byte pointer to row (n, 0)
+            s0 = builder.extract_value(arr.strides, 0)
+            return builder.gep(builder.bitcast(arr.data, i8p), [builder.mul(n, s0)])
+
+        def row_of(arr, base, c):
+            s1 = builder.extract_value(arr.strides, 1)
+            return builder.bitcast(builder.gep(base, [builder.mul(c, s1)]), arr.data.type)
 
         def lanes_at(arr, c, ty):
             p = builder.gep(arr.data, [builder.mul(c, const(ROW_LANES))], inbounds=True)
@@ -329,6 +332,7 @@ def _rows_codegen(mode):
                     builder.store(zero_v, qp, align=4)
 
         zero_d = ir.Constant(vd, [0.0] * ROW_LANES)
+        neg_zero = ir.Constant(vt, [-0.0] * ROW_LANES)
         with cgutils.for_range(builder, c_) as ch:  # this block's partials and scratch, zeroed
             for q in (q1, q2):
                 builder.store(zero_v, lanes_at(q, ch.index, vt), align=4)
@@ -364,13 +368,14 @@ def _rows_codegen(mode):
             with cgutils.for_range_slice(builder, n_first, builder.add(n_last, const(1)), const(1)) as (n, _):
                 cs = builder.select(builder.icmp_signed("==", n, n_first), c_first, const(0))
                 ce = builder.select(builder.icmp_signed("==", n, n_last), c_end, c_)
+                ba, bb = n_base(arr_a, n), n_base(arr_b, n)
                 with cgutils.for_range_slice(builder, cs, ce, const(1)) as (c, _):
-                    pa, pb = row_of(arr_a, n, c), row_of(arr_b, n, c)
+                    pa, pb = row_of(arr_a, ba, c), row_of(arr_b, bb, c)
                     kd = builder.load(builder.gep(arr_k.data, [c], inbounds=True))
                     kl = builder.fptrunc(kd, _F32) if narrow else kd
                     kv = _splat(builder, kl, vt)
-                    for acc in part:
-                        builder.store(zero_v, acc)
+                    for acc in part:  # -0.0: adding the first term folds away (x + -0.0 == x)
+                        builder.store(neg_zero, acc)
 
                     def vec(v_idx, j):
                         t, u = terms(pa, pb, builder.mul(v_idx, const(ROW_LANES)), kv)
@@ -384,13 +389,14 @@ def _rows_codegen(mode):
                             vec(builder.add(v0, const(1)), 1)
                         with builder.if_then(odd):
                             vec(builder.sub(nvec, const(1)), 0)
-                    else:
+                    else:  # rows of exactly nv vectors: no tail
                         for j in range(nv):
                             vec(const(j), j % 2)
-                    with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
-                        t, u = terms(pa, pb, tail0, kv, mask)
-                        add_into(part[1], builder.select(mask, t, zero_v))
-                        add_into(part[3], builder.select(mask, u, zero_v))
+                    if nv is None:
+                        with builder.if_then(has_tail):  # the last L % 16 elements: one masked vector
+                            t, u = terms(pa, pb, tail0, kv, mask)
+                            add_into(part[1], builder.select(mask, t, zero_v))
+                            add_into(part[3], builder.select(mask, u, zero_v))
                     for q, i in ((q1, 0), (q2, 2)):
                         row = builder.fadd(builder.load(part[i]), builder.load(part[i + 1]))
                         add_into(lanes_at(q, c, vt), row, 4)
@@ -400,14 +406,14 @@ def _rows_codegen(mode):
                     flush()
                     builder.store(const(0), since)
 
-        # Rows of UNROLLED_VECTORS full vectors get a walk of their own (a switch on the count,
+        # Rows of UNROLLED_VECTORS vectors and no tail get a walk of their own (a switch on L,
         # once per call): on rows of 64 elements the generic loop's own bookkeeping costs 7%.
         end = builder.append_basic_block("rows.end")
         generic = builder.append_basic_block("rows.generic")
-        switch = builder.switch(nvec, generic)
+        switch = builder.switch(l_, generic)
         for nv in UNROLLED_VECTORS:
             block = builder.append_basic_block(f"rows.{nv}")
-            switch.add_case(ir.Constant(l_.type, nv), block)
+            switch.add_case(ir.Constant(l_.type, nv * ROW_LANES), block)
             builder.position_at_end(block)
             row_loop(nv)
             builder.branch(end)
