@@ -51,8 +51,11 @@ from ._common import (
     acc_dot2_centered,
     acc_sums_shifted,
     affine_row,
+    cast,
+    empty,
     grad_row,
     lane_shift,
+    nonneg,
 )
 from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1  # noqa: F401  (FOLD: the backend sizes partials)
 from ._vmap import store_fence, vaffine_each, vgrad_each
@@ -77,12 +80,12 @@ def _total(p, c):
 def _moments(p1, p2, k, m):
     """float64 (mean, biased var) per channel from sums shifted by k over m elements."""
     c_ = p1.shape[1]
-    mean = np.empty(c_)
-    var = np.empty(c_)
+    mean = empty(c_, np.float64)
+    var = empty(c_, np.float64)
     for c in range(c_):
         m1 = _total(p1, c) / m
         mean[c] = k[c] + m1
-        var[c] = max(_total(p2, c) / m - m1 * m1, 0.0)
+        var[c] = nonneg(_total(p2, c) / m - m1 * m1)
     return mean, var
 
 
@@ -91,11 +94,11 @@ def _grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
     """From the backward sums (sum(dy), sum(dy * (x - mu))): dbias, dweight and the coefficients
     of dx = a * dy - k2 * (x - mu) - k3 (k2 = k3 = 0 with running statistics)."""
     c_ = pb.shape[1]
-    dbias = np.empty(c_)
-    dweight = np.empty(c_)
-    a = np.empty(c_)
-    k2 = np.empty(c_)
-    k3 = np.empty(c_)
+    dbias = empty(c_, np.float64)
+    dweight = empty(c_, np.float64)
+    a = empty(c_, np.float64)
+    k2 = empty(c_, np.float64)
+    k3 = empty(c_, np.float64)
     for c in range(c_):
         sb = _total(pb, c)
         sx = _total(pw, c)
@@ -153,7 +156,7 @@ def _piece(x, n, c, ch, nchunk):
 def _first_samples(x):
     """k[c] = x[0, c, 0] as float64: channel c's sums are shifted by one of its samples (exact
     in x's dtype, so the float32 lanes subtract it exactly)."""
-    k = np.empty(x.shape[1])
+    k = empty(x.shape[1], np.float64)
     for c in range(x.shape[1]):
         k[c] = x[0, c, 0]
     return k
@@ -183,7 +186,7 @@ def _sums_ncl(x, nchunk, p1, p2):
 def moments_ncl(x, nchunk, p1, p2):
     """Per-channel (mean, var) of (N, C, L) rows cut into ``nchunk`` pieces each, in x's dtype."""
     mean, var = _sums_ncl(x, nchunk, p1, p2)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(inline="always", **HELPER)
@@ -192,7 +195,7 @@ def _lane_sums(c_, nblk, dtype):
     intrinsics (which zero them), allocated in the kernel: four NumPy allocations per call from
     Python cost more than a small layer's kernel."""
     lanes = (nblk, c_, ROW_LANES)
-    return np.empty(lanes), np.empty(lanes), np.empty(lanes, dtype), np.empty(lanes, dtype)
+    return empty(lanes, np.float64), empty(lanes, np.float64), empty(lanes, dtype), empty(lanes, dtype)
 
 
 @njit(inline="always", **HELPER)
@@ -212,7 +215,7 @@ def _sums_ncl_rows(x, nblk):
 def moments_ncl_rows(x, nblk):
     """moments_ncl over whole contiguous rows of up to 512 elements."""
     mean, var = _sums_ncl_rows(x, nblk)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(inline="always", **HELPER)
@@ -235,7 +238,7 @@ def _row_span(r0, r1, c_):
 def _slab_shifts(x, c_, inner):
     """k[c]: one sample of channel c (the first slab's position c * inner), float64."""
     l_ = x.shape[2]
-    k = np.empty(c_)
+    k = empty(c_, np.float64)
     for c in range(c_):
         pos = c * inner
         k[c] = x[0, pos // l_, pos % l_]
@@ -247,7 +250,7 @@ def _position_shifts(x, c_, inner, shift):
     """kp[j] = shift[(j // inner) % C] in x's dtype: the per-position shifts of the strip
     intrinsics (which must be exact in x's dtype; the callers' are)."""
     q = x.shape[1] * x.shape[2]
-    kp = np.empty(q, x.dtype)
+    kp = empty(q, x.dtype)
     for c in range(c_):  # loops: a slice assignment here becomes a parfor, a division per
         for j0 in range(c * inner, q, c_ * inner):  # position costs more than the pass
             for j in range(j0, j0 + inner):
@@ -258,7 +261,8 @@ def _position_shifts(x, c_, inner, shift):
 @njit(inline="always", **HELPER)
 def _strip_partials(nblk, q, c_):
     """Per-block (Q,) position sums and (C, 1) channel sums, float64."""
-    return np.empty((nblk, q)), np.empty((nblk, q)), np.empty((nblk, c_, 1)), np.empty((nblk, c_, 1))
+    f8 = np.float64
+    return empty((nblk, q), f8), empty((nblk, q), f8), empty((nblk, c_, 1), f8), empty((nblk, c_, 1), f8)
 
 
 @njit(inline="always", **HELPER)
@@ -299,7 +303,7 @@ def _sums_strips(x, c_, inner, nblk):
 def moments_ncl_strips(x, c_, inner, nblk):
     """moments_ncl over slabs of C channels by strips of positions (see _sums_strips)."""
     mean, var = _sums_strips(x, c_, inner, nblk)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(inline="always", **HELPER)
@@ -320,9 +324,9 @@ def _centered(mean, var, eps, weight, bias):
     BatchNorm pass uses this centred form (it keeps _vmap's float32 lanes accurate when
     |mean| >> std)."""
     c_ = mean.shape[0]
-    mu = np.empty(c_)
-    scale = np.empty(c_)
-    shift = np.empty(c_)
+    mu = empty(c_, np.float64)
+    scale = empty(c_, np.float64)
+    shift = empty(c_, np.float64)
     for c in range(c_):
         a = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
         mu[c] = numba.float64(mean[c])
@@ -368,9 +372,9 @@ def _position_rows(mean, var, eps, weight, bias, q, inner, like):
     that rounding folded into s (as _vmap._affine_value32)."""
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     c_ = mu.shape[0]
-    cr = np.empty(q, like.dtype)
-    ar = np.empty(q, like.dtype)
-    sr = np.empty(q, like.dtype)
+    cr = empty(q, like.dtype)
+    ar = empty(q, like.dtype)
+    sr = empty(q, like.dtype)
     for ch in range(c_):  # loops, not j // inner % C: a division per position costs as much
         cr[ch * inner] = mu[ch]  # as the whole pass on a small input; c rounded to like's dtype
         sh = shift[ch] + (numba.float64(cr[ch * inner]) - mu[ch]) * scale[ch]
@@ -397,7 +401,7 @@ def _repeat_rows(q, inner, a, k2, mu, k3):
     """The per-channel float64 coefficients of bwd_apply as (4, q) rows of positions (channel
     (j // inner) % C of position j)."""
     c_ = a.shape[0]
-    out = np.empty((4, q))
+    out = empty((4, q), np.float64)
     for ch in range(c_):
         for j0 in range(ch * inner, q, c_ * inner):
             for j in range(j0, j0 + inner):
@@ -429,7 +433,7 @@ def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk):
     """moments_ncl, then affine_ncl into y with the float64 statistics."""
     mean, var = _sums_ncl(x, nchunk, p1, p2)
     _affine_ncl(x, mean, var, eps, weight, bias, y, nblk)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(**KERNEL)
@@ -438,7 +442,7 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk):
     the float64 statistics."""
     mean, var = _sums_strips(x, x.shape[1], x.shape[2], nblk)
     _affine_ncl(x, mean, var, eps, weight, bias, y, nblk)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(**KERNEL)
@@ -446,7 +450,7 @@ def batch_ncl_rows(x, eps, weight, bias, y, nblk):
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
     mean, var = _sums_ncl_rows(x, nblk)
     _affine_ncl(x, mean, var, eps, weight, bias, y, nblk)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(**KERNEL)
@@ -513,7 +517,7 @@ def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, inner, nblk)
     n_ = x.shape[0]
     c_ = mu.shape[0]
     q = x.shape[1] * x.shape[2]
-    shift = np.empty(c_)
+    shift = empty(c_, np.float64)
     for c in range(c_):
         shift[c] = lane_shift(dy, x, mu[c])
     kp = _position_shifts(x, c_, inner, shift)
@@ -608,7 +612,7 @@ def moments_nlc(x, k, p1, p2):
             n, l = _next_row(n, l, l_)
             r += 1
     mean, var = _moments(p1.reshape((nblk, c_, 1)), p2.reshape((nblk, c_, 1)), k, rows)
-    return mean.astype(x.dtype), var.astype(x.dtype)
+    return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(**KERNEL)

@@ -15,8 +15,11 @@ editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels
 from __future__ import annotations
 
 import numba
+from llvmlite import ir
 from numba import njit
-from numba.extending import overload
+from numba.core import cgutils, errors, types
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import populate_array
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
 from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
@@ -24,8 +27,76 @@ from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
 #: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
 #: in the rounding sense and sums must not be reassociated nondeterministically.
-KERNEL = {"parallel": True, "cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
+#: parallel: explicit prange loops only. The kernels write no array expressions to fuse, and the
+#: other parfor passes (array expressions, np.* calls, reductions) only cost compile time.
+KERNEL = {"parallel": {"prange": True, "comprehension": False, "reduction": False,
+                       "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
+                       "fusion": False},
+          "cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
 HELPER = {"cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
+
+
+# ---------------------------------------------------------------- allocation without overloads
+# numba's np.empty, ndarray.astype and max(float, float) are overloads, each compiled as a
+# function of its own (and np.empty once per dtype and rank) the first time a process uses it:
+# 0.15-0.2 s of a cold-cache first layer call. These helpers emit the same code inline.
+
+
+def _dtype_of(dtype: types.Type) -> types.Type:
+    if isinstance(dtype, types.DType):  # x.dtype
+        return dtype.dtype
+    if isinstance(dtype, types.NumberClass):  # np.float64
+        return dtype.instance_type
+    raise errors.TypingError(f"empty: expected a dtype, got {dtype}")
+
+
+@intrinsic
+def empty(typingctx, shape, dtype):
+    """np.empty(shape, dtype) (an int or a tuple of ints), C order, without the overload."""
+    dims = list(shape) if isinstance(shape, types.BaseTuple) else [shape]
+    if not all(isinstance(d, types.Integer) for d in dims):
+        raise errors.TypingError(f"empty: shape must be ints, got {shape}")
+    arr_ty = types.Array(_dtype_of(dtype), len(dims), "C")
+
+    def codegen(context, builder, sig, args):
+        if isinstance(shape, types.BaseTuple):
+            sizes = [builder.extract_value(args[0], i) for i in range(len(dims))]
+            kinds = list(shape)
+        else:
+            sizes, kinds = [args[0]], [shape]
+        intp = context.get_value_type(types.intp)
+        sizes = [context.cast(builder, v, t, types.intp) for v, t in zip(sizes, kinds, strict=True)]
+        itemsize = ir.Constant(intp, context.get_abi_sizeof(context.get_data_type(arr_ty.dtype)))
+        strides = [itemsize]
+        for d in reversed(sizes[1:]):
+            strides.insert(0, builder.mul(strides[0], d))
+        nbytes = builder.mul(strides[0], sizes[0])  # the kernels' own sizes: no overflow check
+        align = ir.Constant(ir.IntType(32), context.get_preferred_array_alignment(arr_ty.dtype))
+        meminfo = context.nrt.meminfo_alloc_aligned(builder, nbytes, align)
+        ary = context.make_array(arr_ty)(context, builder)
+        data = context.nrt.meminfo_data(builder, meminfo)
+        populate_array(ary, data=builder.bitcast(data, ary.data.type),
+                       shape=cgutils.pack_array(builder, sizes, ty=intp),
+                       strides=cgutils.pack_array(builder, strides, ty=intp),
+                       itemsize=itemsize, meminfo=meminfo)
+        return ary._getvalue()
+
+    return arr_ty(shape, dtype), codegen
+
+
+@njit(inline="always", **HELPER)
+def cast(a, dtype):
+    """a 1-D array as a new array of ``dtype`` (a.astype(dtype) without the overload)."""
+    out = empty(a.shape[0], dtype)
+    for i in range(a.shape[0]):
+        out[i] = a[i]
+    return out
+
+
+@njit(inline="always", **HELPER)
+def nonneg(v):
+    """max(v, 0.0) without the overload (NaN stays NaN, as with max)."""
+    return 0.0 if v < 0.0 else v
 
 
 def num_blocks(units: int) -> int:

@@ -41,8 +41,10 @@ from ._common import (
     affine_row,
     affine_row_sums,
     dot2_centered,
+    empty,
     grad_row,
     gradw_row,
+    nonneg,
     norm_row,
     norm_row_sums,
     sums_shifted,
@@ -56,7 +58,7 @@ def _moments(s1, s2, k, m, center):
     """(mean, biased variance) from sums shifted by k; RMS (not center): (0, mean of squares)."""
     if center:
         m1 = s1 / m
-        return k + m1, max(s2 / m - m1 * m1, 0.0)
+        return k + m1, nonneg(s2 / m - m1 * m1)
     return 0.0, s2 / m
 
 
@@ -66,8 +68,8 @@ def fwd3(x, w, b, eps, center, y, nblk, stream):
     (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums)."""
     n_, g_, d_ = x.shape
     rows = n_ * g_
-    mean = np.empty((n_, g_))
-    var = np.empty((n_, g_))
+    mean = empty((n_, g_), np.float64)
+    var = empty((n_, g_), np.float64)
     for blk in prange(nblk):
         r0 = blk * rows // nblk
         r1 = (blk + 1) * rows // nblk
@@ -102,8 +104,8 @@ def fwd4(x, w, b, eps, center, y, nblk, stream):
     n_, g_, d_, _ = x.shape
     rows = n_ * g_
     m_ = d_ * x.shape[3]
-    mean = np.empty((n_, g_))
-    var = np.empty((n_, g_))
+    mean = empty((n_, g_), np.float64)
+    var = empty((n_, g_), np.float64)
     for blk in prange(nblk):
         r0 = blk * rows // nblk
         r1 = (blk + 1) * rows // nblk

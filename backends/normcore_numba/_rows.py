@@ -15,14 +15,14 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import KERNEL, dot2_centered, sums_shifted
+from ._common import KERNEL, dot2_centered, empty, sums_shifted
 
 
 @njit(**KERNEL)
 def standardize(x, eps, ddof, eps_in_root, y):
     r_, k_ = x.shape
-    mean = np.empty(r_)
-    denom = np.empty(r_)
+    mean = empty(r_, np.float64)
+    denom = empty(r_, np.float64)
     n = k_ - ddof
     for r in prange(r_):
         xr = x[r]
