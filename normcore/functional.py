@@ -166,13 +166,19 @@ def _batch_norm(
         return _empty_like(be, x), saved, None
     x3 = x.reshape(n_, c, per_channel // n_)
     update = None
-    if training:
-        y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
-        if running_mean is not None:
-            correction = per_channel / (per_channel - 1)
+    if training and running_mean is not None:
+        correction = per_channel / (per_channel - 1)
+        if "channel_moments_normalize_update" in be.kernels:
+            y, mean, var, new_mean, new_var = _call(
+                be, "channel_moments_normalize_update", x3, eps, weight, bias, running_mean,
+                running_var, momentum, correction)
+        else:
+            y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
             new_mean, new_var = _call(be, "running_update", running_mean, running_var,
                                       mean.reshape(1, c), var.reshape(1, c), momentum, correction)
-            update = RunningUpdate(new_mean, new_var)
+        update = RunningUpdate(new_mean, new_var)
+    elif training:
+        y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
     else:
         mean, var = running_mean, running_var
         y = _call(be, "channel_normalize", x3, mean, var, eps, weight, bias)

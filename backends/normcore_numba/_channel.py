@@ -431,10 +431,27 @@ def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
 # The two passes are one prange loop run twice (``phase`` 0: block b's sums; 1: its rows
 # normalized), with the statistics finished in between: numba compiles every prange loop into a
 # parallel function of its own, which cost 0.25 s of the cold first call (2.4 -> 2.2 s).
+# They also update the running statistics (rm, rv: new_mean, new_var; rm empty: no update), as
+# running_update after them would, which saves that kernel's call and its compile.
+
+
+@njit(inline="always", **HELPER)
+def _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var):
+    """The float64 statistics rounded to x's dtype, and from them (as running_update takes
+    them) the running statistics' update when rm is not empty (the loop written out here: one
+    more inlined helper costs more compile time than these lines)."""
+    m = cast(mean, x.dtype)
+    v = cast(var, x.dtype)
+    keep = 1.0 - momentum
+    for c in range(rm.shape[0]):
+        new_mean[c] = keep * numba.float64(rm[c]) + momentum * numba.float64(m[c])
+        new_var[c] = keep * numba.float64(rv[c]) + momentum * (numba.float64(v[c]) * correction)
+    return m, v
 
 
 @njit(**KERNEL)
-def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk):
+def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
+              new_mean, new_var):
     """moments_ncl, then affine_ncl into y with the float64 statistics."""
     k = _first_samples(x)
     mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
@@ -448,11 +465,12 @@ def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk):
                     _units_block(x, k, nchunk, p1, p2, b)
             elif b < nblk:
                 _affine_block(x, y, mu, scale, shift, b, nblk)
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
 @njit(**KERNEL)
-def batch_ncl_strips(x, eps, weight, bias, y, nblk):
+def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
+                     new_mean, new_var):
     """moments_ncl_strips of (N, C, L) with contiguous (C, L) slabs, then affine_ncl into y with
     the float64 statistics."""
     c_ = x.shape[1]
@@ -470,11 +488,12 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk):
                 _strips_block(x, kp, l_, o1, o2, s1, s2, b)
             else:
                 _affine_block(x, y, mu, scale, shift, b, nblk)
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
 @njit(**KERNEL)
-def batch_ncl_rows(x, eps, weight, bias, y, nblk):
+def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
+                   new_mean, new_var):
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
     k = _first_samples(x)
     p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
@@ -488,7 +507,7 @@ def batch_ncl_rows(x, eps, weight, bias, y, nblk):
                 _rows_block(x, k, p1, p2, q1, q2, b)
             else:
                 _affine_block(x, y, mu, scale, shift, b, nblk)
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
 @njit(**KERNEL)
@@ -736,9 +755,15 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
 # ---------------------------------------------------------------- running statistics (serial)
 @njit(**HELPER)
 def running_update(rm, rv, mean, var, momentum, correction, new_mean, new_var):
-    """new = (1 - momentum) * running + momentum * batch, with batch averaged over mean's rows
-    (float64, rounded once into new_*). O(C): serial; one compiled call replaces ~10 NumPy
-    calls on C-vectors (7 us of a BatchNorm call that is 60 us of work on small inputs)."""
+    """_running_into. O(C): serial; one compiled call replaces ~10 NumPy calls on C-vectors
+    (7 us of a BatchNorm call that is 60 us of work on small inputs)."""
+    _running_into(rm, rv, mean, var, momentum, correction, new_mean, new_var)
+
+
+@njit(inline="always", **HELPER)
+def _running_into(rm, rv, mean, var, momentum, correction, new_mean, new_var):
+    """new = (1 - momentum) * running + momentum * batch, with batch averaged over the rows of
+    mean and var, (B, C) (float64, rounded once into new_*)."""
     rows, c_ = mean.shape
     keep = 1.0 - momentum
     for c in range(c_):

@@ -272,6 +272,19 @@ def _periodic_out(x3: np.ndarray, x2: np.ndarray, last: bool) -> tuple[np.ndarra
                                     else flat.reshape(n, c, l_))
 
 
+def _running_out(rm: Any, rv: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs of the running update: float64 in, rounded once into the buffers' dtype; float16
+    buffers are written through float64 (numba has no float16 arithmetic)."""
+    return tuple(np.empty(np.shape(a), _F64 if np.asarray(a).dtype == np.float16
+                          else np.asarray(a).dtype) for a in (rm, rv))
+
+
+def _running_result(rm: Any, rv: Any, new_mean: np.ndarray, new_var: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    return (new_mean.astype(np.asarray(rm).dtype, copy=False),
+            new_var.astype(np.asarray(rv).dtype, copy=False))
+
+
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
     """Use the flat-row (L == 1) kernels on a (N, G, D*L) view: contiguous x and short L."""
     return l_ < 64 and x4.flags.c_contiguous
@@ -282,7 +295,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     device = "cpu"
-    kernels = frozenset(KERNELS) | {"channel_moments_normalize"}
+    kernels = frozenset(KERNELS) | {"channel_moments_normalize", "channel_moments_normalize_update"}
 
     # -------------------------------------------------------------- housekeeping
     def is_available(self) -> Availability:
@@ -350,16 +363,37 @@ class NumbaBackend(Backend):
         return y.astype(orig, copy=False)
 
     def channel_moments_normalize(self, x3, eps, weight, bias):
+        return self._batch(x3, eps, weight, bias, None)[:3]
+
+    def channel_moments_normalize_update(self, x3, eps, weight, bias, running_mean, running_var,
+                                         momentum, var_correction):
+        return self._batch(x3, eps, weight, bias,
+                           (running_mean, running_var, momentum, var_correction))
+
+    def _batch(self, x3, eps, weight, bias, running):
+        """The training forward: (y, mean, var, new running mean, new running var), the last two
+        None when ``running`` (running_mean, running_var, momentum, var_correction) is."""
         nt = _num_threads()
         x = _widen(x3)
         n, c, l_ = x.shape
         if _channels_last(x) or _row_pieces(nt, x) > 1 or _stream(x, l_, 2):
-            # the passes take long enough (or need a layout) that one call less is noise
+            # the passes take long enough (or need a layout) that a call less is noise
             mean, var = self.channel_moments(x3)
-            return self.channel_normalize(x3, mean, var, eps, weight, bias), mean, var
+            y = self.channel_normalize(x3, mean, var, eps, weight, bias)
+            if running is None:
+                return y, mean, var, None, None
+            rm, rv, momentum, corr = running
+            return y, mean, var, *self.running_update(rm, rv, mean.reshape(1, c),
+                                                      var.reshape(1, c), momentum, corr)
         k = _kernels("_channel")
         y = _out((n, c, l_), dtype=x.dtype)
-        args = (float(eps), _vec(weight), _vec(bias), y, _blocks(n * c, nt))
+        if running is None:  # empty running inputs: the kernels skip the update
+            none = np.empty(0, x.dtype)
+            upd = (none, none, 0.0, 1.0, none, none)
+        else:
+            rm, rv, momentum, corr = running
+            upd = (_vec(rm), _vec(rv), float(momentum), float(corr), *_running_out(rm, rv))
+        args = (float(eps), _vec(weight), _vec(bias), y, _blocks(n * c, nt), *upd)
         if _strip_view(x, nt) is not None:  # (N, C, L) slabs: channels-last went above
             mean, var = k.batch_ncl_strips(x, *args)
         elif _short_rows(x):
@@ -367,7 +401,10 @@ class NumbaBackend(Backend):
         else:
             nch = _nchunk(n * c, l_, nt)
             mean, var = k.batch_ncl(x, nch, *_partials(_blocks(n * c * nch, nt), c, k.FOLD), *args)
-        return y.astype(x3.dtype, copy=False), mean, var
+        y = y.astype(x3.dtype, copy=False)
+        if running is None:
+            return y, mean, var, None, None
+        return y, mean, var, *_running_result(running[0], running[1], upd[4], upd[5])
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
         k = _kernels("_channel")
@@ -415,15 +452,11 @@ class NumbaBackend(Backend):
         return dx, dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
-        rm, rv = np.asarray(running_mean), np.asarray(running_var)
-        # float64 in, rounded once; float16 buffers are written through float64 (numba has no
-        # float16 arithmetic)
-        new_mean, new_var = (np.empty(a.shape, _F64 if a.dtype == np.float16 else a.dtype)
-                             for a in (rm, rv))
-        _kernels("_channel").running_update(_vec(rm), _vec(rv), _vec(mean), _vec(var),
-                                            float(momentum), float(var_correction), new_mean,
-                                            new_var)
-        return new_mean.astype(rm.dtype, copy=False), new_var.astype(rv.dtype, copy=False)
+        new_mean, new_var = _running_out(running_mean, running_var)
+        _kernels("_channel").running_update(_vec(running_mean), _vec(running_var), _vec(mean),
+                                            _vec(var), float(momentum), float(var_correction),
+                                            new_mean, new_var)
+        return _running_result(running_mean, running_var, new_mean, new_var)
 
     # -------------------------------------------------------------- group view (N, G, D, L)
     def group_normalize(self, x4, weight, bias, eps, center):

@@ -237,6 +237,29 @@ def _moments_normalize_case(shape, dtype, layout, affine, backend: Backend) -> N
                    ("channel_moments_normalize y", "mean", "var"))
 
 
+def _moments_normalize_update_case(shape, dtype, layout, affine, backend: Backend) -> None:
+    """The optional fused kernel with the running update against the reference's parts; the
+    running inputs must come back untouched."""
+    ref = normcore.get_backend(REFERENCE)
+    x = _layout(_data(shape, dtype, "x"), layout)
+    c = shape[1]
+    w = _data((c,), dtype, "w", offset=1.0) if affine else None
+    b = _data((c,), dtype, "b") if affine else None
+    rm, rv = _data((c,), dtype, "rm"), np.abs(_data((c,), dtype, "rv")) + 0.1
+    corr = shape[0] * shape[2] / max(shape[0] * shape[2] - 1, 1)
+    mean, var = ref.channel_moments(x)
+    want_rm, want_rv = ref.running_update(rm, rv, mean.reshape(1, c), var.reshape(1, c), 0.1, corr)
+    brm, brv = _to(backend, rm), _to(backend, rv)
+    got = _k(backend, "channel_moments_normalize_update")(
+        _to(backend, x), 1e-5, _to(backend, w), _to(backend, b), brm, brv, 0.1, corr)
+    _check_outputs(got, (ref.channel_normalize(x, mean, var, 1e-5, w, b), mean, var, want_rm,
+                         want_rv), dtype, ("channel_moments_normalize_update y", "mean", "var",
+                                           "new running_mean", "new running_var"))
+    for name, arr, before in (("running_mean", brm, rm), ("running_var", brv, rv)):
+        if not np.array_equal(normcore.to_numpy(arr), before):
+            raise AssertionError(f"channel_moments_normalize_update mutated its {name} input")
+
+
 def _group_case(shape, dtype, layout, affine, center, backend: Backend) -> None:
     ref = normcore.get_backend(REFERENCE)
     x = _layout(_data(shape, dtype, "x"), layout)
@@ -373,6 +396,11 @@ def _reference_cases() -> list[Case]:
                         f"{dtype}", functools.partial(_moments_normalize_case, shape, dtype,
                                                       layout, affine),
                         ("channel_moments_normalize",)))
+                    cases.append(Case(
+                        f"channel-fused-update:{'x'.join(map(str, shape))}:{layout}:"
+                        f"affine={affine}:{dtype}",
+                        functools.partial(_moments_normalize_update_case, shape, dtype, layout,
+                                          affine), ("channel_moments_normalize_update",)))
         for shape in ((1, 1, 1, 2), (3, 1, 7, 1), (2, 3, 4, 5), (5, 4, 1, 9), (2, 1, 37, 3)):
             for layout in ("contiguous", "sliced", "fortran"):
                 for affine, center in ((True, True), (False, True), (True, False),
@@ -403,6 +431,12 @@ def _reference_cases() -> list[Case]:
             cases.append(Case(f"channel-fused-big:{'x'.join(map(str, shape))}:{layout}:float32",
                               functools.partial(_moments_normalize_case, shape, "float32", layout,
                                                 True), ("channel_moments_normalize",), big=True))
+    for shape in ((64, 3, 211), (3, 64, 257), (64, 8, 16), (64, 8, 64), (4096, 16, 1)):
+        for dtype in ("float32", "float16"):
+            cases.append(Case(
+                f"channel-fused-update-big:{'x'.join(map(str, shape))}:{dtype}",
+                functools.partial(_moments_normalize_update_case, shape, dtype, "contiguous",
+                                  True), ("channel_moments_normalize_update",), big=True))
     for shape in ((1031, 1, 129, 1), (4, 8, 3, 1031), (2, 2, 1, 4099)):
         cases.append(Case(f"group-big:{'x'.join(map(str, shape))}:float32",
                           functools.partial(_group_case, shape, "float32", "contiguous", True,
