@@ -42,9 +42,11 @@ __all__ = [
 REFERENCE = registry.REFERENCE
 TORCH = "torch"
 
-#: Layer keys (``--layer``) -> display name. ``batchnorm2d-eval`` times the evaluation forward only.
+#: Layer keys (``--layer``) -> display name. ``batchnorm2d-eval`` times the evaluation forward only;
+#: ``batchnorm2d-nhwc`` feeds NCHW-shaped input with channels-last (NHWC) strides, to torch too.
 LAYERS: dict[str, str] = {
     "batchnorm2d": "BatchNorm2d",
+    "batchnorm2d-nhwc": "BatchNorm2d (NHWC)",
     "batchnorm2d-eval": "BatchNorm2d (eval)",
     "batchnorm1d": "BatchNorm1d",
     "layernorm": "LayerNorm",
@@ -55,6 +57,7 @@ LAYERS: dict[str, str] = {
 
 _DEFAULT_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "batchnorm2d": [(32, 64, 56, 56), (8, 256, 28, 28), (256, 64, 8, 8)],
+    "batchnorm2d-nhwc": [(32, 64, 56, 56)],
     "batchnorm2d-eval": [(32, 64, 56, 56)],
     "batchnorm1d": [(4096, 512)],
     "layernorm": [(8192, 1024), (12544, 768), (4096, 4096)],
@@ -65,6 +68,7 @@ _DEFAULT_SHAPES: dict[str, list[tuple[int, ...]]] = {
 
 _QUICK_SHAPES: dict[str, list[tuple[int, ...]]] = {
     "batchnorm2d": [(8, 16, 16, 16)],
+    "batchnorm2d-nhwc": [(8, 16, 16, 16)],
     "batchnorm2d-eval": [(8, 16, 16, 16)],
     "batchnorm1d": [(256, 64)],
     "layernorm": [(256, 256)],
@@ -99,6 +103,13 @@ class BenchCase:
     @property
     def passes(self) -> tuple[str, ...]:
         return ("forward",) if self.layer.endswith("-eval") else ("forward", "backward")
+
+    def arrange(self, a: np.ndarray) -> np.ndarray:
+        """The case's input layout for a C-order array of its shape: NHWC strides for the
+        channels-last case (a view of an NHWC buffer, as torch's ``channels_last``)."""
+        if self.layer.endswith("-nhwc"):
+            return np.ascontiguousarray(np.moveaxis(a, 1, -1)).transpose(0, 3, 1, 2)
+        return a
 
 
 @dataclass
@@ -197,7 +208,8 @@ def normalize_layer(name: str) -> str:
     """Accept ``BatchNorm2d``, ``batchnorm2d``, ``GroupNorm``, ``bn-eval``-like spellings."""
     key = name.strip().lower().replace("_", "").replace(" ", "")
     key = {"groupnorm32": "groupnorm", "groupnorm(32)": "groupnorm", "batchnorm2deval":
-           "batchnorm2d-eval", "batchnorm2d(eval)": "batchnorm2d-eval"}.get(key, key)
+           "batchnorm2d-eval", "batchnorm2d(eval)": "batchnorm2d-eval", "batchnorm2dnhwc":
+           "batchnorm2d-nhwc", "batchnorm2d(nhwc)": "batchnorm2d-nhwc"}.get(key, key)
     if key not in LAYERS:
         raise ValueError(f"unknown layer {name!r}; choose from {', '.join(LAYERS)}")
     return key
@@ -446,8 +458,8 @@ def run(cases: Sequence[BenchCase], backends: Sequence[str], repeat: int = 10,
     rng = np.random.default_rng(0)
     with _torch_threads(threads) if TORCH in cols else contextlib.nullcontext():
         for case in cases:
-            x = rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype)
-            dy = rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype)
+            x = case.arrange(rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype))
+            dy = case.arrange(rng.standard_normal(case.shape, dtype=np.float64).astype(case.dtype))
             copies = _copy_timers(x)
             timers: dict[str, dict[str, _Timer]] = {}
             errors: dict[str, str] = {}

@@ -134,7 +134,20 @@ def test_bench_default_grid_matches_the_issue():
     assert ("groupnorm", (16, 256, 32, 32)) in shapes
     assert ("batchnorm2d-eval", (32, 64, 56, 56)) in shapes
     assert ("batchnorm1d", (4096, 512)) in shapes  # (N, C) input: rows of C channels
-    assert len(cases) == 11
+    assert ("batchnorm2d-nhwc", (32, 64, 56, 56)) in shapes  # channels-last strides
+    assert len(cases) == 12
+
+
+def test_bench_nhwc_case_feeds_channels_last_strides():
+    case = bench.default_cases(["BatchNorm2d (NHWC)"], quick=True)[0]
+    x = case.arrange(np.arange(np.prod(case.shape), dtype=np.float32).reshape(case.shape))
+    assert x.shape == case.shape and not x.flags.c_contiguous
+    assert x.strides[1] == x.itemsize  # C varies fastest: an NHWC buffer
+    assert np.array_equal(x, np.arange(x.size, dtype=np.float32).reshape(case.shape))
+    report = bench.run([case], [BACKEND], repeat=2, use_torch=False)
+    assert {r.pass_ for r in report.rows if not r.error} == {"forward", "backward"}
+    torch = pytest.importorskip("torch")
+    assert torch.from_numpy(x).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_bench_counts_bytes():
