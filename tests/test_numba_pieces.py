@@ -47,3 +47,51 @@ def test_cut_rows_match_the_reference(shape, sl):
     want = ref.channel_normalize_backward(dy, x, mean, var, 1e-5, w, True)
     for g, r in zip(got, want, strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-10)
+
+
+def test_inline_allocation_helpers():
+    """empty/cast/nonneg stand in for numba's np.empty, astype and max (compile time): the same
+    shapes, strides, dtypes and NaN handling."""
+    from numba import njit
+
+    from normcore_numba._common import cast, empty, nonneg
+
+    @njit
+    def build(n, like):
+        a = empty((n, 3, 2), np.float64)
+        b = empty(n, like.dtype)
+        for i in range(n):
+            b[i] = i + 0.5
+            for j in range(3):
+                for k in range(2):
+                    a[i, j, k] = i * 100 + j * 10 + k
+        return a, b, cast(b, np.float64), nonneg(-1.0), nonneg(2.0), nonneg(np.nan)
+
+    a, b, c, neg, pos, nan = build(4, np.zeros(1, np.float32))
+    assert a.shape == (4, 3, 2) and a.strides == (48, 16, 8) and a.flags.c_contiguous
+    assert np.array_equal(a, np.arange(4)[:, None, None] * 100 + np.arange(3)[:, None] * 10
+                          + np.arange(2))
+    assert b.dtype == np.float32 and c.dtype == np.float64
+    assert np.array_equal(c, np.arange(4) + 0.5)
+    assert (neg, pos) == (0.0, 2.0) and np.isnan(nan)
+
+
+@pytest.mark.parametrize("shape", [(256, 64, 8, 8), (64, 8, 4, 4), (8, 3, 40, 40), (300, 7)])
+def test_fused_running_update_matches_the_separate_kernel(shape):
+    """BatchNorm's training forward through channel_moments_normalize_update gives the running
+    statistics running_update gives from the returned batch statistics, bit for bit."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32) * 3 + 1
+    be = B.NumbaBackend()
+    c = shape[1]
+    x3 = x.reshape(shape[0], c, -1)
+    rm = rng.standard_normal(c).astype(np.float32)
+    rv = rng.random(c).astype(np.float32) + 0.5
+    corr = x3.shape[0] * x3.shape[2] / (x3.shape[0] * x3.shape[2] - 1)
+    y, mean, var, new_m, new_v = be.channel_moments_normalize_update(x3, 1e-5, None, None, rm,
+                                                                     rv, 0.1, corr)
+    want_m, want_v = be.running_update(rm, rv, mean.reshape(1, c), var.reshape(1, c), 0.1, corr)
+    assert new_m.dtype == rm.dtype and new_v.dtype == rv.dtype
+    assert np.array_equal(new_m, want_m) and np.array_equal(new_v, want_v)
+    y2, mean2, var2 = be.channel_moments_normalize(x3, 1e-5, None, None)
+    assert np.array_equal(y, y2) and np.array_equal(mean, mean2) and np.array_equal(var, var2)
