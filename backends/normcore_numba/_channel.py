@@ -755,15 +755,10 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
 # ---------------------------------------------------------------- running statistics (serial)
 @njit(**HELPER)
 def running_update(rm, rv, mean, var, momentum, correction, new_mean, new_var):
-    """_running_into. O(C): serial; one compiled call replaces ~10 NumPy calls on C-vectors
-    (7 us of a BatchNorm call that is 60 us of work on small inputs)."""
-    _running_into(rm, rv, mean, var, momentum, correction, new_mean, new_var)
-
-
-@njit(inline="always", **HELPER)
-def _running_into(rm, rv, mean, var, momentum, correction, new_mean, new_var):
     """new = (1 - momentum) * running + momentum * batch, with batch averaged over the rows of
-    mean and var, (B, C) (float64, rounded once into new_*)."""
+    mean and var, (B, C) (float64, rounded once into new_*; the fused forwards do the same for
+    B = 1 in _batch_out). O(C): serial; one compiled call replaces ~10 NumPy calls on C-vectors
+    (7 us of a BatchNorm call that is 60 us of work on small inputs)."""
     rows, c_ = mean.shape
     keep = 1.0 - momentum
     for c in range(c_):
