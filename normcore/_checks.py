@@ -92,6 +92,8 @@ def check_positive_int(value: Any, what: str) -> int:
 
 
 def normalized_shape_tuple(shape: Any) -> tuple[int, ...]:
+    if type(shape) is tuple and shape and all(type(s) is int and s > 0 for s in shape):
+        return shape  # the usual case (a module's own, checked once): no new tuple per call
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     try:
@@ -105,4 +107,4 @@ def normalized_shape_tuple(shape: Any) -> tuple[int, ...]:
 
 
 def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(int(d) for d in shape)
+    return int(math.prod(shape))

@@ -308,6 +308,8 @@ def _trailing_param(p: Array | None, be: Backend, shape: tuple[int, ...], what: 
     """An optional weight or bias of exactly ``normalized_shape``, in x's dtype."""
     if p is None:
         return None
+    if type(p) is type(x) and p.dtype == x.dtype and p.shape == shape:
+        return p  # the usual case, settled by x's checks
     p = as_input(p, be, what)
     if tuple(p.shape) != shape:
         raise ShapeError(f"{what} must have shape {shape} (normalized_shape), got {tuple(p.shape)}")

@@ -76,7 +76,8 @@ def test_inline_allocation_helpers():
     assert (neg, pos) == (0.0, 2.0) and np.isnan(nan)
 
 
-@pytest.mark.parametrize("shape", [(256, 64, 8, 8), (64, 8, 4, 4), (8, 3, 40, 40), (300, 7)])
+@pytest.mark.parametrize("shape", [(256, 64, 8, 8), (64, 8, 4, 4), (8, 3, 40, 40), (300, 7), (8, 16),
+                                   (3, 40)])
 def test_fused_running_update_matches_the_separate_kernel(shape):
     """BatchNorm's training forward through channel_moments_normalize_update gives the running
     statistics running_update gives from the returned batch statistics, bit for bit."""

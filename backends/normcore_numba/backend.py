@@ -42,13 +42,16 @@ _get_num_threads: Any = None
 
 def _num_threads() -> int:
     """numba.get_num_threads(), read on every call (it follows numba.set_num_threads and
-    NUMBA_NUM_THREADS); the function is looked up once (an ``import numba`` statement per layer
-    call cost a microsecond of the small layers' ~15)."""
+    NUMBA_NUM_THREADS). The first call starts numba's thread pool through the public function;
+    later ones call the pool's own C getter, which the public function calls after taking two
+    locks to check that the pool is up (0.6 us of a small layer's ~10, against 0.15)."""
     global _get_num_threads
     if _get_num_threads is None:
-        import numba
+        from numba.np.ufunc import parallel
 
-        _get_num_threads = numba.get_num_threads
+        n = parallel.get_num_threads()
+        _get_num_threads = getattr(parallel, "_get_num_threads", None) or parallel.get_num_threads
+        return n
     return _get_num_threads()
 
 
@@ -144,6 +147,8 @@ def _f64(a: Any) -> np.ndarray:
 def _row_param(a: Any, dtype: np.dtype) -> np.ndarray:
     """A weight or bias for the row maps, contiguous, in x's (computing) dtype when it holds it
     exactly (float16/float32 parameters of float32 input), float64 otherwise."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
+        return a  # the usual case (0.6 us of conversions otherwise)
     a = np.asarray(a)
     exact = np.can_cast(a.dtype, dtype, casting="safe")
     return np.ascontiguousarray(a, dtype=dtype if exact else _F64)
@@ -275,8 +280,17 @@ def _periodic_out(x3: np.ndarray, x2: np.ndarray, last: bool) -> tuple[np.ndarra
 def _running_out(rm: Any, rv: Any) -> tuple[np.ndarray, np.ndarray]:
     """Outputs of the running update: float64 in, rounded once into the buffers' dtype; float16
     buffers are written through float64 (numba has no float16 arithmetic)."""
-    return tuple(np.empty(np.shape(a), _F64 if np.asarray(a).dtype == np.float16
-                          else np.asarray(a).dtype) for a in (rm, rv))
+    return _running_buffer(rm), _running_buffer(rv)
+
+
+def _running_buffer(a: Any) -> np.ndarray:
+    a = np.asarray(a)
+    return np.empty(a.shape, _F64 if a.dtype == np.float16 else a.dtype)
+
+
+#: Zero-size arrays by dtype: the fused forwards' "no running update" inputs and outputs (read
+#: and written over their zero elements only, so one array serves every call).
+_NONE = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
 
 
 def _running_result(rm: Any, rv: Any, new_mean: np.ndarray, new_var: np.ndarray
@@ -376,7 +390,12 @@ class NumbaBackend(Backend):
         nt = _num_threads()
         x = _widen(x3)
         n, c, l_ = x.shape
-        if _channels_last(x) or _row_pieces(nt, x) > 1 or _stream(x, l_, 2):
+        nlc = _channels_last(x)  # fused only when too few rows for the strip kernels
+        if nlc:
+            fused = _strip_view(x, nt) is None and not _stream(x, c, 2)
+        else:
+            fused = _row_pieces(nt, x) == 1 and not _stream(x, l_, 2)
+        if not fused:
             # the passes take long enough (or need a layout) that a call less is noise
             mean, var = self.channel_moments(x3)
             y = self.channel_normalize(x3, mean, var, eps, weight, bias)
@@ -386,15 +405,19 @@ class NumbaBackend(Backend):
             return y, mean, var, *self.running_update(rm, rv, mean.reshape(1, c),
                                                       var.reshape(1, c), momentum, corr)
         k = _kernels("_channel")
-        y = _out((n, c, l_), dtype=x.dtype)
+        yt = _out((n, l_, c) if nlc else (n, c, l_), dtype=x.dtype)
+        y = yt.transpose(0, 2, 1) if nlc else yt
         if running is None:  # empty running inputs: the kernels skip the update
-            none = np.empty(0, x.dtype)
+            none = _NONE[x.dtype]
             upd = (none, none, 0.0, 1.0, none, none)
         else:
             rm, rv, momentum, corr = running
             upd = (_vec(rm), _vec(rv), float(momentum), float(corr), *_running_out(rm, rv))
-        args = (float(eps), _vec(weight), _vec(bias), y, _blocks(n * c, nt), *upd)
-        if _strip_view(x, nt) is not None:  # (N, C, L) slabs: channels-last went above
+        args = (float(eps), _vec(weight), _vec(bias), yt, _blocks(n * l_ if nlc else n * c, nt),
+                *upd)
+        if nlc:  # channels-last, too few rows for the strips
+            mean, var = k.batch_nlc(x.transpose(0, 2, 1), *args)
+        elif _strip_view(x, nt) is not None:  # (N, C, L) slabs: channels-last went above
             mean, var = k.batch_ncl_strips(x, *args)
         elif _short_rows(x):
             mean, var = k.batch_ncl_rows(x, *args)
@@ -490,7 +513,7 @@ class NumbaBackend(Backend):
             mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk, _stream(x, l_, 2))
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
-        return y, mean.astype(sd), var.astype(sd)
+        return y, mean.astype(sd, copy=False), var.astype(sd, copy=False)
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
         k = _kernels("_group")
@@ -552,7 +575,7 @@ class NumbaBackend(Backend):
         mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y)
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
-        return y, mean.astype(sd), denom.astype(sd)
+        return y, mean.astype(sd, copy=False), denom.astype(sd, copy=False)
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
         k = _kernels("_rows")
