@@ -96,3 +96,32 @@ def test_fused_running_update_matches_the_separate_kernel(shape):
     assert np.array_equal(new_m, want_m) and np.array_equal(new_v, want_v)
     y2, mean2, var2 = be.channel_moments_normalize(x3, 1e-5, None, None)
     assert np.array_equal(y, y2) and np.array_equal(mean, mean2) and np.array_equal(var, var2)
+
+
+@pytest.mark.parametrize("shape", [(256, 64, 8, 8), (8, 3, 20, 20), (2, 4, 2, 2), (3, 5, 7)])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_fused_backward_matches_the_two_pass_kernels(shape, batch_stats, monkeypatch):
+    """BatchNorm's backward on cache-sized rows runs in one kernel (bwd_ncl_rows): the same
+    gradients as its reduce and apply kernels, bit for bit."""
+    rng = np.random.default_rng(2)
+    x3 = (rng.standard_normal(shape).astype(np.float32) * 2 + 1).reshape(shape[0], shape[1], -1)
+    dy3 = rng.standard_normal(x3.shape).astype(np.float32)
+    c = x3.shape[1]
+    mean = x3.mean(axis=(0, 2)).astype(np.float32)
+    var = x3.var(axis=(0, 2)).astype(np.float32)
+    w = rng.standard_normal(c).astype(np.float32)
+    k = B._kernels("_channel")
+    with monkeypatch.context() as m:  # the fused kernel only
+        for name in ("bwd_reduce_ncl_rows", "bwd_apply_ncl"):
+            m.setattr(k, name, None)
+        dx, dw, db = B.NumbaBackend().channel_normalize_backward(dy3, x3, mean, var, 1e-5, w,
+                                                                 batch_stats)
+    mu = mean.astype(np.float64)
+    nblk = B._blocks(x3.shape[0] * c, B._num_threads())
+    want_db, want_dw, a, k2, k3 = k.bwd_reduce_ncl_rows(dy3, x3, mu, var, 1e-5, w, batch_stats,
+                                                        nblk)
+    want_dx = np.empty_like(x3)
+    k.bwd_apply_ncl(dy3, x3, mu, a, k2, k3, want_dx, nblk)
+    assert np.array_equal(dx, want_dx)
+    assert np.array_equal(dw, want_dw.astype(np.float32))
+    assert np.array_equal(db, want_db.astype(np.float32))

@@ -441,7 +441,15 @@ class NumbaBackend(Backend):
         nch = _nchunk(n * c, l_, nt)
         stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
         sx, sdy = _strip_view(x, nt, 32), _strip_view(dy, nt, 32)
-        if _paired(sx, sdy) and dy.dtype == x.dtype:
+        strips = _paired(sx, sdy) and dy.dtype == x.dtype
+        rows = not strips and not cl and _short_rows(x) and _short_rows(dy)
+        if rows and _row_pieces(nt, x, dy) == 1 and not _stream(x, l_, 3):
+            # cache-sized rows: both passes in one kernel
+            dx = _out((n, c, l_), dtype=x.dtype)
+            dbias, dweight = k.bwd_ncl_rows(dy, x, *stats, _blocks(n * c, nt), dx)
+            gd = orig if weight is None else np.asarray(weight).dtype
+            return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
+        if strips:
             slabs = sx[0]
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
                                                                 _blocks(slabs.shape[0], nt))
@@ -449,7 +457,7 @@ class NumbaBackend(Backend):
             pb, pw = _partials(_blocks(n * l_, nt), c)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1),
                                                          *stats, pb, pw)
-        elif _short_rows(x) and _short_rows(dy):
+        elif rows:
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
         else:
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
