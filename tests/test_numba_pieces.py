@@ -125,3 +125,39 @@ def test_fused_backward_matches_the_two_pass_kernels(shape, batch_stats, monkeyp
     assert np.array_equal(dx, want_dx)
     assert np.array_equal(dw, want_dw.astype(np.float32))
     assert np.array_equal(db, want_db.astype(np.float32))
+
+
+@pytest.mark.parametrize("shape,nhwc", [((8, 16), False), ((3, 40), False), ((2, 3, 4, 4), True)])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_fused_channels_last_backward_matches_the_two_pass_kernels(shape, nhwc, batch_stats,
+                                                                   monkeypatch):
+    """BatchNorm's backward on channels-last input with few rows runs in one kernel (bwd_nlc):
+    the same gradients as its reduce and apply kernels, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32) * 2 + 1
+    dy = rng.standard_normal(shape).astype(np.float32)
+    if nhwc:  # NCHW shape, channels-last strides
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+                 for a in (x, dy))
+    x3, dy3 = (a.reshape(shape[0], shape[1], -1) for a in (x, dy))
+    c = shape[1]
+    mean = x3.mean(axis=(0, 2)).astype(np.float32)
+    var = x3.var(axis=(0, 2)).astype(np.float32)
+    w = rng.standard_normal(c).astype(np.float32)
+    k = B._kernels("_channel")
+    with monkeypatch.context() as m:  # the fused kernel only
+        for name in ("bwd_reduce_nlc", "bwd_apply_nlc", "bwd_apply_periodic"):
+            m.setattr(k, name, None)
+        dx, dw, db = B.NumbaBackend().channel_normalize_backward(dy3, x3, mean, var, 1e-5, w,
+                                                                 batch_stats)
+    xt, dyt = x3.transpose(0, 2, 1), dy3.transpose(0, 2, 1)
+    mu = mean.astype(np.float64)
+    nblk = B._blocks(xt.shape[0] * xt.shape[1], B._num_threads())
+    pb, pw = B._partials(nblk, c)
+    want_db, want_dw, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, mu, var, 1e-5, w, batch_stats, pb, pw)
+    want_dx = np.empty(xt.shape, np.float32)
+    k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, want_dx, nblk)
+    assert dx.transpose(0, 2, 1).flags.c_contiguous  # channels-last out for channels-last in
+    assert np.array_equal(dx, want_dx.transpose(0, 2, 1))
+    assert np.array_equal(dw, want_dw.astype(np.float32))
+    assert np.array_equal(db, want_db.astype(np.float32))

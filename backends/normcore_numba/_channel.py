@@ -760,64 +760,106 @@ def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_m
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
-@njit(**KERNEL)
-def bwd_reduce_nlc(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
+@njit(inline="always", **HELPER)
+def _nlc_grad_sums_block(dy, x, mu, pb, pw, b):
+    """Block b of pb.shape[0]: (sum(dy), sum(dy * (x - mu))) of its (n, l) rows into pb[b], pw[b]."""
     n_, l_, c_ = x.shape
     nblk = pb.shape[0]
     rows = n_ * l_
-    for b in prange(nblk):
-        a1 = pb[b]
-        a2 = pw[b]
-        r0 = b * rows // nblk
-        r1 = (b + 1) * rows // nblk
-        n = r0 // l_
-        l = r0 - n * l_
-        r = r0
-        while r + 2 <= r1:  # two rows at a time (see moments_nlc)
-            xa = x[n, l]
-            ya = dy[n, l]
-            n, l = _next_row(n, l, l_)
-            xb = x[n, l]
-            yb = dy[n, l]
-            n, l = _next_row(n, l, l_)
-            for c in range(c_):
-                m = mu[c]
-                ta = numba.float64(ya[c])
-                tb = numba.float64(yb[c])
-                a1[c] += ta + tb
-                a2[c] += ta * (numba.float64(xa[c]) - m) + tb * (numba.float64(xb[c]) - m)
-            r += 2
-        while r < r1:
-            xr = x[n, l]
-            dyr = dy[n, l]
-            for c in range(c_):
-                t = numba.float64(dyr[c])
-                a1[c] += t
-                a2[c] += t * (numba.float64(xr[c]) - mu[c])
-            n, l = _next_row(n, l, l_)
-            r += 1
-    return _grad_coeffs(pb.reshape((nblk, c_, 1)), pw.reshape((nblk, c_, 1)), mu, var, eps, weight,
-                        rows, batch_stats)
+    a1 = pb[b]
+    a2 = pw[b]
+    r0 = b * rows // nblk
+    r1 = (b + 1) * rows // nblk
+    n = r0 // l_
+    l = r0 - n * l_
+    r = r0
+    while r + 2 <= r1:  # two rows at a time (see _nlc_sums_block)
+        xa = x[n, l]
+        ya = dy[n, l]
+        n, l = _next_row(n, l, l_)
+        xb = x[n, l]
+        yb = dy[n, l]
+        n, l = _next_row(n, l, l_)
+        for c in range(c_):
+            m = mu[c]
+            ta = numba.float64(ya[c])
+            tb = numba.float64(yb[c])
+            a1[c] += ta + tb
+            a2[c] += ta * (numba.float64(xa[c]) - m) + tb * (numba.float64(xb[c]) - m)
+        r += 2
+    while r < r1:
+        xr = x[n, l]
+        dyr = dy[n, l]
+        for c in range(c_):
+            t = numba.float64(dyr[c])
+            a1[c] += t
+            a2[c] += t * (numba.float64(xr[c]) - mu[c])
+        n, l = _next_row(n, l, l_)
+        r += 1
+
+
+@njit(inline="always", **HELPER)
+def _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
+    """_grad_coeffs of (blocks, C) partials."""
+    nblk, c_ = pb.shape
+    return _grad_coeffs(pb.reshape((nblk, c_, 1)), pw.reshape((nblk, c_, 1)), mu, var, eps,
+                        weight, m, batch_stats)
+
+
+@njit(**KERNEL)
+def bwd_reduce_nlc(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
+    for b in prange(pb.shape[0]):
+        _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
+    return _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, x.shape[0] * x.shape[1], batch_stats)
+
+
+@njit(inline="always", **HELPER)
+def _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk):
+    """Block b of nblk: dx of its range of (n, l) rows."""
+    n_, l_, c_ = x.shape
+    rows = n_ * l_
+    r0 = b * rows // nblk
+    n = r0 // l_
+    l = r0 - n * l_
+    for _ in range(r0, (b + 1) * rows // nblk):
+        xr = x[n, l]
+        dyr = dy[n, l]
+        dxr = dx[n, l]
+        for c in range(c_):
+            dxr[c] = a[c] * numba.float64(dyr[c]) - k2[c] * (numba.float64(xr[c]) - mu[c]) - k3[c]
+        l += 1
+        if l == l_:
+            l = 0
+            n += 1
 
 
 @njit(**KERNEL)
 def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
-    n_, l_, c_ = x.shape
-    rows = n_ * l_
     for b in prange(nblk):
-        r0 = b * rows // nblk
-        n = r0 // l_
-        l = r0 - n * l_
-        for _ in range(r0, (b + 1) * rows // nblk):
-            xr = x[n, l]
-            dyr = dy[n, l]
-            dxr = dx[n, l]
-            for c in range(c_):
-                dxr[c] = a[c] * numba.float64(dyr[c]) - k2[c] * (numba.float64(xr[c]) - mu[c]) - k3[c]
-            l += 1
-            if l == l_:
-                l = 0
-                n += 1
+        _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk)
+
+
+@njit(**KERNEL)
+def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
+    """bwd_reduce_nlc, then bwd_apply_nlc into dx, in one call (as bwd_ncl_rows), for
+    channels-last input too small for the strip kernels. Returns (dbias, dweight)."""
+    c_ = x.shape[2]
+    pb = empty((nblk, c_), np.float64)
+    pw = empty((nblk, c_), np.float64)
+    dbias = dweight = a = k2 = k3 = mu  # (set in phase 1, before their first use)
+    for phase in range(2):
+        if phase == 1:
+            dbias, dweight, a, k2, k3 = _nlc_grad_coeffs(pb, pw, mu, var, eps, weight,
+                                                         x.shape[0] * x.shape[1], batch_stats)
+        for b in prange(nblk):
+            if phase == 0:
+                for c in range(c_):
+                    pb[b, c] = 0.0
+                    pw[b, c] = 0.0
+                _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
+            else:
+                _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk)
+    return dbias, dweight
 
 
 # ---------------------------------------------------------------- running statistics (serial)

@@ -443,12 +443,19 @@ class NumbaBackend(Backend):
         sx, sdy = _strip_view(x, nt, 32), _strip_view(dy, nt, 32)
         strips = _paired(sx, sdy) and dy.dtype == x.dtype
         rows = not strips and not cl and _short_rows(x) and _short_rows(dy)
+        gd = orig if weight is None else np.asarray(weight).dtype
         if rows and _row_pieces(nt, x, dy) == 1 and not _stream(x, l_, 3):
             # cache-sized rows: both passes in one kernel
             dx = _out((n, c, l_), dtype=x.dtype)
             dbias, dweight = k.bwd_ncl_rows(dy, x, *stats, _blocks(n * c, nt), dx)
-            gd = orig if weight is None else np.asarray(weight).dtype
             return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
+        if cl and sx is None and not _stream(x, c, 3):
+            # channels-last, too few rows for the strips: both passes in one kernel
+            dxt = _out((n, l_, c), dtype=x.dtype)
+            dbias, dweight = k.bwd_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1), *stats,
+                                       _blocks(n * l_, nt), dxt)
+            return (dxt.transpose(0, 2, 1).astype(orig, copy=False), dweight.astype(gd),
+                    dbias.astype(gd))
         if strips:
             slabs = sx[0]
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
@@ -478,7 +485,6 @@ class NumbaBackend(Backend):
             kernel = k.bwd_apply_ncl_nt if _stream(x, l_ // p, 3) else k.bwd_apply_ncl
             kernel(_cut(dy, p), _cut(x, p), *(_rep(v, p) for v in (mu, a, k2, k3)), _cut(dx, p),
                    _blocks(n * c * p, nt))
-        gd = orig if weight is None else np.asarray(weight).dtype
         dx = dx.astype(orig, copy=False)
         return dx, dweight.astype(gd), dbias.astype(gd)
 
