@@ -438,7 +438,6 @@ class NumbaBackend(Backend):
         n, c, l_ = x.shape
         mu = _f64(mean)
         cl = _channels_last(x)
-        nch = _nchunk(n * c, l_, nt)
         stats = (mu, _vec(var), float(eps), _vec(weight), bool(batch_stats))
         sx, sdy = _strip_view(x, nt, 32), _strip_view(dy, nt, 32)
         strips = _paired(sx, sdy) and dy.dtype == x.dtype
@@ -467,6 +466,7 @@ class NumbaBackend(Backend):
         elif rows:
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
         else:
+            nch = _nchunk(n * c, l_, nt)
             pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
         px, pdy = _periodic(x), _periodic(dy)
