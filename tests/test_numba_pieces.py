@@ -14,6 +14,13 @@ pytest.importorskip("numba")
 B = pytest.importorskip("normcore_numba.backend")
 
 
+@pytest.fixture(autouse=True)
+def _parallel_kernels(monkeypatch):
+    """These tests compare the backend with its parallel kernels called directly: small inputs
+    must not take the serial twins (tests/test_numba_serial.py covers those)."""
+    monkeypatch.setattr(B, "SERIAL_MAX", 0)
+
+
 def test_row_pieces_are_divisors_of_l_and_need_the_view():
     x = np.empty((1, 3, 50176), np.float32)
     k = B._row_pieces(2, x)

@@ -14,6 +14,8 @@ editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels
 
 from __future__ import annotations
 
+import types as pytypes
+
 import numba
 from llvmlite import ir
 from numba import njit
@@ -99,13 +101,39 @@ def nonneg(v):
     return 0.0 if v < 0.0 else v
 
 
-def num_blocks(units: int) -> int:
-    """Fixed block count for a reduction over ``units`` independent pieces of work.
+# ---------------------------------------------------------------- serial twins
+class SerialKernels:
+    """A kernel module's parallel kernels compiled without ``parallel`` (``prange`` runs as
+    ``range`` on the calling thread), each on its first use; other attributes pass through.
 
-    One block per thread (at call time): the partition depends only on the thread count, so the
-    merge order of partial sums, hence the result, is deterministic for a fixed thread count.
-    """
-    return max(1, min(int(units), numba.get_num_threads()))
+    Why: starting a parallel region costs about 2 us (the fused BatchNorm forward starts two),
+    more than a small input's whole pass. A twin is the same Python function under the name
+    ``<kernel>_serial``: numba's disk cache keys entries on the function's name and signature,
+    not on its options, so a twin of the same name would load the parallel build, or the other
+    way round. Called with one block, a twin does the same operations as its parallel kernel
+    with one thread, so their results are equal bit for bit."""
+
+    def __init__(self, module: pytypes.ModuleType) -> None:
+        self._module = module
+        self._twins: dict[object, object] = {}  # parallel dispatcher -> its twin
+
+    def __getattr__(self, name: str):
+        # looked up in the module on every call (a test may swap a kernel there for a while)
+        value = getattr(self._module, name)
+        twin = self._twins.get(value)
+        if twin is not None:
+            return twin
+        options = getattr(value, "targetoptions", None)
+        if not (isinstance(options, dict) and options.get("parallel")):
+            return value
+        f = value.py_func
+        twin = pytypes.FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
+                                    f.__defaults__, f.__closure__)
+        twin.__qualname__ = f"{f.__qualname__}_serial"
+        twin.__module__ = f.__module__
+        twin.__doc__ = f.__doc__
+        twin = self._twins[value] = njit(**HELPER)(twin)
+        return twin
 
 
 @njit(**HELPER)

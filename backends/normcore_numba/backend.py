@@ -6,6 +6,7 @@ when it is first called (one specialization per dtype and array layout), so usin
 compiles the BatchNorm kernels. float16 input is widened to float32 at the boundary and the
 result rounded back; all reductions accumulate in float64 and all element-wise math is done in
 float64 and rounded once (as the reference does), so float32 results match it to rounding.
+Small inputs run on the calling thread through serial twins of the kernels (see ``_plan``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import functools
 import glob
 import importlib
 import math
+import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,7 @@ _MASK64 = (1 << 64) - 1
 
 
 _MODULES: dict[str, Any] = {}
+_SERIAL: dict[str, Any] = {}
 
 
 def _kernels(name: str):
@@ -35,6 +39,37 @@ def _kernels(name: str):
     if mod is None:
         mod = _MODULES[name] = importlib.import_module(f"normcore_numba.{name}")
     return mod
+
+
+def _serial_max(default: int = 32768) -> int:
+    raw = os.environ.get("NORMCORE_NUMBA_SERIAL_MAX", "").strip()
+    if not raw:
+        return default
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        warnings.warn(f"NORMCORE_NUMBA_SERIAL_MAX={raw!r} is not a whole number of elements; "
+                      f"using {default}", stacklevel=2)
+        return default
+
+
+#: Inputs of at most this many elements run on the calling thread, through serial twins of the
+#: kernels (see _common.SerialKernels): a parallel region costs ~2 us to start, more than the
+#: pass itself below this size. ``NORMCORE_NUMBA_SERIAL_MAX`` sets it (0: always parallel).
+#: Measured (2 threads, float32) in docs/backends.md: serial is ahead up to ~131072 elements on
+#: 2 cores; 32768 (torch's grain size) leaves room for machines with more cores.
+SERIAL_MAX = _serial_max()
+
+
+def _plan(name: str, size: int) -> tuple[Any, int]:
+    """(kernels, threads) for a pass over ``size`` elements: module ``name``'s parallel kernels
+    and numba's thread count, or their serial twins and one thread for small inputs."""
+    if size > SERIAL_MAX:
+        return _kernels(name), _num_threads()
+    mod = _SERIAL.get(name)
+    if mod is None:
+        mod = _SERIAL[name] = _kernels("_common").SerialKernels(_kernels(name))
+    return mod, 1
 
 
 _get_num_threads: Any = None
@@ -334,8 +369,7 @@ class NumbaBackend(Backend):
 
     # -------------------------------------------------------------- channel view (N, C, L)
     def channel_moments(self, x3):
-        k = _kernels("_channel")
-        nt = _num_threads()
+        k, nt = _plan("_channel", x3.size)
         x = _widen(x3)  # the statistics come back in x's dtype: float32 for float16 input
         n, c, l_ = x.shape
         strips = _strip_view(x, nt)
@@ -352,8 +386,7 @@ class NumbaBackend(Backend):
         return k.moments_ncl(x, nch, p1, p2)
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
-        k = _kernels("_channel")
-        nt = _num_threads()
+        k, nt = _plan("_channel", x3.size)
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         n, c, l_ = x.shape
@@ -387,7 +420,7 @@ class NumbaBackend(Backend):
     def _batch(self, x3, eps, weight, bias, running):
         """The training forward: (y, mean, var, new running mean, new running var), the last two
         None when ``running`` (running_mean, running_var, momentum, var_correction) is."""
-        nt = _num_threads()
+        k, nt = _plan("_channel", x3.size)
         x = _widen(x3)
         n, c, l_ = x.shape
         nlc = _channels_last(x)  # fused only when too few rows for the strip kernels
@@ -404,7 +437,6 @@ class NumbaBackend(Backend):
             rm, rv, momentum, corr = running
             return y, mean, var, *self.running_update(rm, rv, mean.reshape(1, c),
                                                       var.reshape(1, c), momentum, corr)
-        k = _kernels("_channel")
         yt = _out((n, l_, c) if nlc else (n, c, l_), dtype=x.dtype)
         y = yt.transpose(0, 2, 1) if nlc else yt
         if running is None:  # empty running inputs: the kernels skip the update
@@ -430,8 +462,7 @@ class NumbaBackend(Backend):
         return y, mean, var, *_running_result(running[0], running[1], upd[4], upd[5])
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
-        k = _kernels("_channel")
-        nt = _num_threads()
+        k, nt = _plan("_channel", x3.size)
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         dy = _widen(dy3)
@@ -490,15 +521,14 @@ class NumbaBackend(Backend):
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
         new_mean, new_var = _running_out(running_mean, running_var)
-        _kernels("_channel").running_update(_vec(running_mean), _vec(running_var), _vec(mean),
-                                            _vec(var), float(momentum), float(var_correction),
-                                            new_mean, new_var)
+        k = _plan("_channel", np.size(running_mean))[0]
+        k.running_update(_vec(running_mean), _vec(running_var), _vec(mean), _vec(var),
+                         float(momentum), float(var_correction), new_mean, new_var)
         return _running_result(running_mean, running_var, new_mean, new_var)
 
     # -------------------------------------------------------------- group view (N, G, D, L)
     def group_normalize(self, x4, weight, bias, eps, center):
-        k = _kernels("_group")
-        nt = _num_threads()
+        k, nt = _plan("_group", x4.size)
         orig = np.asarray(x4).dtype
         x = _widen(x4)
         n, g, d, l_ = x.shape
@@ -530,8 +560,7 @@ class NumbaBackend(Backend):
         return y, mean.astype(sd, copy=False), var.astype(sd, copy=False)
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
-        k = _kernels("_group")
-        nt = _num_threads()
+        k, nt = _plan("_group", x4.size)
         orig = np.asarray(x4).dtype
         x = _widen(x4)
         dy = _widen(dy4)
@@ -582,7 +611,7 @@ class NumbaBackend(Backend):
 
     # -------------------------------------------------------------- row view (R, K)
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
-        k = _kernels("_rows")
+        k = _plan("_rows", x2.size)[0]
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         y = _out(x.shape, dtype=x.dtype)
@@ -592,7 +621,7 @@ class NumbaBackend(Backend):
         return y, mean.astype(sd, copy=False), denom.astype(sd, copy=False)
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
-        k = _kernels("_rows")
+        k = _plan("_rows", x2.size)[0]
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         dy = _widen(dy2)
@@ -607,7 +636,7 @@ class NumbaBackend(Backend):
             return x.copy()
         if p >= 1.0:
             return np.zeros(x.shape, dtype=x.dtype)
-        k = _kernels("_dropout")
+        k = _plan("_dropout", x.size)[0]
         flat = np.ascontiguousarray(x).reshape(-1)  # C-order flat index, whatever x's strides
         if flat.dtype == np.float16:
             # computed and stored in float64, then rounded once to float16 (as the reference)
