@@ -76,7 +76,7 @@ def test_small_inputs_take_the_serial_twins(monkeypatch):
     # a twin is its own dispatcher (own cache entries), compiled without parallel
     twin = small.fwd3
     assert twin is not big.fwd3 and twin.py_func.__qualname__ == "fwd3_serial"
-    assert not twin.targetoptions.get("parallel") and big.fwd3.targetoptions.get("parallel")
+    assert "parallel" not in twin.targetoptions and "parallel" in big.fwd3.targetoptions
     assert B._plan("_channel", 8)[0].FOLD == B._kernels("_channel").FOLD  # the rest passes
 
 
@@ -90,3 +90,17 @@ def test_the_threshold_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("NORMCORE_NUMBA_SERIAL_MAX", "lots")
     with pytest.warns(UserWarning, match="NORMCORE_NUMBA_SERIAL_MAX='lots'"):
         assert B._serial_max() == 32768
+
+
+def test_kernels_keep_their_parallel_options_after_compiling(monkeypatch):
+    """numba pops the keys out of a dict of parallel options at every compile: the kernels share
+    an options object instead, so every compile, not just the process's first, runs the prange
+    pass alone (and the serial twins still recognise the parallel kernels)."""
+    monkeypatch.setattr(B, "SERIAL_MAX", 0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 5))
+    B.NumbaBackend().group_normalize(x, None, None, 1e-5, True)  # compiles, or loads, fwd4
+    options = B._kernels("_common").KERNEL["parallel"]
+    assert options.prange and not (options.numpy or options.reduction or options.fusion)
+    assert "parallel" in B._kernels("_group").fwd4.targetoptions
+    monkeypatch.setattr(B, "SERIAL_MAX", 1 << 40)
+    assert B._plan("_group", 1)[0].fwd4.py_func.__qualname__ == "fwd4_serial"

@@ -20,6 +20,7 @@ import numba
 from llvmlite import ir
 from numba import njit
 from numba.core import cgutils, errors, types
+from numba.core.cpu_options import ParallelOptions
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
@@ -30,10 +31,14 @@ from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
 #: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
 #: in the rounding sense and sums must not be reassociated nondeterministically.
 #: parallel: explicit prange loops only. The kernels write no array expressions to fuse, and the
-#: other parfor passes (array expressions, np.* calls, reductions) only cost compile time.
-KERNEL = {"parallel": {"prange": True, "comprehension": False, "reduction": False,
-                       "inplace_binop": False, "setitem": False, "numpy": False, "stencil": False,
-                       "fusion": False},
+#: other parfor passes (array expressions, np.* calls, reductions) only cost compile time. Given as
+#: a ParallelOptions object, not a dict: numba pops the keys out of a dict at every compile
+#: (``ParallelOptions.__init__``), so one shared dict would be empty from the process's second
+#: compile on, and every later kernel would get all the passes (each defaults to on).
+KERNEL = {"parallel": ParallelOptions({"prange": True, "comprehension": False,
+                                       "reduction": False, "inplace_binop": False,
+                                       "setitem": False, "numpy": False, "stencil": False,
+                                       "fusion": False}),
           "cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
 HELPER = {"cache": True, "fastmath": False, "error_model": "numpy", "nogil": True}
 
@@ -124,7 +129,7 @@ class SerialKernels:
         if twin is not None:
             return twin
         options = getattr(value, "targetoptions", None)
-        if not (isinstance(options, dict) and options.get("parallel")):
+        if not (isinstance(options, dict) and "parallel" in options):
             return value
         f = value.py_func
         twin = pytypes.FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
