@@ -39,6 +39,30 @@ def test_channel_normalize_streamed_equals_cached(monkeypatch, shape, dtype):
                                atol=1e-6 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5), (3, 7, 33), (2, 16, 40)])
+def test_channels_last_streamed_equals_cached(monkeypatch, shape):
+    """Channels-last input (an NHWC array seen as (N, C, L)) takes the periodic maps, forward and
+    backward: streamed or cached, the same bits."""
+    be = normcore.get_backend("numba")
+    rng = np.random.default_rng(7)
+    n, c, l_ = shape
+    nlc = rng.normal(2.0, 3.0, size=(n * l_ * c + 1,)).astype(np.float32)[1:]
+    x = nlc.reshape(n, l_, c).transpose(0, 2, 1)
+    dy = rng.normal(size=(n, l_, c)).astype(np.float32).transpose(0, 2, 1)
+    mean, var = be.channel_moments(x)
+    w, b = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    streamed, cached = _both(monkeypatch, lambda: be.channel_normalize(x, mean, var, 1e-5, w, b))
+    np.testing.assert_array_equal(streamed, cached)
+    assert streamed.strides == x.strides or streamed.strides[1] == streamed.itemsize
+    streamed, cached = _both(
+        monkeypatch, lambda: be.channel_normalize_backward(dy, x, mean, var, 1e-5, w, True))
+    for s_, c_ in zip(streamed, cached, strict=True):
+        np.testing.assert_array_equal(s_, c_)
+    want = normcore.get_backend("numpy").channel_normalize_backward(dy, x, mean, var, 1e-5, w,
+                                                                    True)
+    np.testing.assert_allclose(streamed[0], want[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("shape", [(3, 2, 37, 1), (2, 2, 3, 129), (2, 1, 5, 3)])
 def test_group_normalize_streamed_equals_cached(monkeypatch, shape, center):

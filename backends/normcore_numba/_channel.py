@@ -395,7 +395,18 @@ def affine_periodic(x2, mean, var, eps, weight, bias, inner, y2, nblk):
     rows = x2.shape[0]
     for b in prange(nblk):
         for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vaffine_each(x2[r], y2[r], cr, ar, sr)
+            vaffine_each(x2[r], y2[r], cr, ar, sr, False)
+
+
+@njit(**KERNEL)
+def affine_periodic_nt(x2, mean, var, eps, weight, bias, inner, y2, nblk):
+    """affine_periodic with non-temporal stores."""
+    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+    rows = x2.shape[0]
+    for b in prange(nblk):
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            vaffine_each(x2[r], y2[r], cr, ar, sr, True)
+        store_fence()
 
 
 @njit(inline="always", **HELPER)
@@ -421,7 +432,18 @@ def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     rows = x2.shape[0]
     for b in prange(nblk):
         for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3])
+            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], False)
+
+
+@njit(**KERNEL)
+def bwd_apply_periodic_nt(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
+    """bwd_apply_periodic with non-temporal stores."""
+    p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
+    rows = x2.shape[0]
+    for b in prange(nblk):
+        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], True)
+        store_fence()
 
 
 # Training forward in one call: statistics, then the normalize pass with them (float64, not yet

@@ -248,11 +248,11 @@ def vnorm(typingctx, x, y, w, b, mu, rstd, stream):
 
 
 @intrinsic
-def vaffine_each(typingctx, x, y, c, a, s):
+def vaffine_each(typingctx, x, y, c, a, s, stream):
     """y[i] = (float64(x[i]) - c[i]) * a[i] + s[i]: vaffine with a parameter per element (rows
-    at least as long as x, all contiguous; cached stores). When x, y, c, a, s are all float32:
-    fma(x - c, a, s) in float32 lanes, the callers folding c's rounding into s as
-    _affine_value32 does."""
+    at least as long as x, all contiguous; ``stream``: non-temporal stores, the caller fences).
+    When x, y, c, a, s are all float32: fma(x - c, a, s) in float32 lanes, the callers folding
+    c's rounding into s as _affine_value32 does."""
 
     def codegen(context, builder, sig, args):
         def value(v, i, lanes):
@@ -264,18 +264,17 @@ def vaffine_each(typingctx, x, y, c, a, s):
             return _fma(builder, builder.fsub(x, c), a, s)
 
         ins = [(sig.args[k], args[k]) for k in (0, 2, 3, 4)]
-        _row_map(context, builder, ins, sig.args[1], args[1], ir.Constant(ir.IntType(1), 0),
-                 value, value32=value32)
+        _row_map(context, builder, ins, sig.args[1], args[1], args[5], value, value32=value32)
         return context.get_dummy_value()
 
-    return types.none(x, y, c, a, s), codegen
+    return types.none(x, y, c, a, s, types.boolean), codegen
 
 
 @intrinsic
-def vgrad_each(typingctx, dy, x, dx, a, k2, mu, k3):
+def vgrad_each(typingctx, dy, x, dx, a, k2, mu, k3, stream):
     """dx[i] = a[i] * float64(dy[i]) - k2[i] * (float64(x[i]) - mu[i]) - k3[i]: vgrad with a
-    parameter per element (float64 rows at least as long as dy, all contiguous; cached stores;
-    the same float64 operations as vgrad, so the same result bit for bit)."""
+    parameter per element (float64 rows at least as long as dy, all contiguous; ``stream`` as in
+    vaffine_each; the same float64 operations as vgrad, so the same result bit for bit)."""
 
     def codegen(context, builder, sig, args):
         def value(v, i, lanes):
@@ -284,10 +283,10 @@ def vgrad_each(typingctx, dy, x, dx, a, k2, mu, k3):
             return builder.fsub(t, k3)
 
         ins = [(sig.args[k], args[k]) for k in (0, 1, 3, 4, 5, 6)]
-        _row_map(context, builder, ins, sig.args[2], args[2], ir.Constant(ir.IntType(1), 0), value)
+        _row_map(context, builder, ins, sig.args[2], args[2], args[7], value)
         return context.get_dummy_value()
 
-    return types.none(dy, x, dx, a, k2, mu, k3), codegen
+    return types.none(dy, x, dx, a, k2, mu, k3, types.boolean), codegen
 
 
 @intrinsic

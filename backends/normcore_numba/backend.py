@@ -394,8 +394,9 @@ class NumbaBackend(Backend):
         if periodic is not None:
             x2, inner, last = periodic
             y2, y = _periodic_out(x, x2, last)
-            k.affine_periodic(x2, _vec(mean), _vec(var), float(eps), _vec(weight), _vec(bias),
-                              inner, y2, _blocks(x2.shape[0], nt))
+            kernel = k.affine_periodic_nt if _stream(x, x2.shape[1], 2) else k.affine_periodic
+            kernel(x2, _vec(mean), _vec(var), float(eps), _vec(weight), _vec(bias), inner, y2,
+                   _blocks(x2.shape[0], nt))
         elif _channels_last(x):
             yt = _out((n, l_, c), dtype=x.dtype)
             k.affine_nlc(x.transpose(0, 2, 1), _vec(mean), _vec(var), float(eps), _vec(weight),
@@ -504,7 +505,8 @@ class NumbaBackend(Backend):
         if _paired(px, pdy):
             x2, inner, last = px
             dx2, dx = _periodic_out(x, x2, last)
-            k.bwd_apply_periodic(pdy[0], x2, mu, a, k2, k3, inner, dx2, _blocks(x2.shape[0], nt))
+            kernel = k.bwd_apply_periodic_nt if _stream(x, x2.shape[1], 3) else k.bwd_apply_periodic
+            kernel(pdy[0], x2, mu, a, k2, k3, inner, dx2, _blocks(x2.shape[0], nt))
         elif cl:
             dxt = _out((n, l_, c), dtype=x.dtype)
             k.bwd_apply_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1), mu, a, k2, k3, dxt,
