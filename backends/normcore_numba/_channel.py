@@ -388,24 +388,28 @@ def _position_rows(mean, var, eps, weight, bias, q, inner, like):
     return cr, ar, sr
 
 
+@njit(inline="always", **HELPER)
+def _periodic_block(x2, y2, cr, ar, sr, b, nblk, stream):
+    """Block b of nblk: its range of (G, Q) rows through vaffine_each."""
+    rows = x2.shape[0]
+    for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+        vaffine_each(x2[r], y2[r], cr, ar, sr, stream)
+
+
 @njit(**KERNEL)
 def affine_periodic(x2, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_ncl over (G, Q) rows of periodic channels (see above)."""
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
-    rows = x2.shape[0]
     for b in prange(nblk):
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vaffine_each(x2[r], y2[r], cr, ar, sr, False)
+        _periodic_block(x2, y2, cr, ar, sr, b, nblk, False)
 
 
 @njit(**KERNEL)
 def affine_periodic_nt(x2, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_periodic with non-temporal stores."""
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
-    rows = x2.shape[0]
     for b in prange(nblk):
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vaffine_each(x2[r], y2[r], cr, ar, sr, True)
+        _periodic_block(x2, y2, cr, ar, sr, b, nblk, True)
         store_fence()
 
 
@@ -425,24 +429,28 @@ def _repeat_rows(q, inner, a, k2, mu, k3):
     return out
 
 
+@njit(inline="always", **HELPER)
+def _grad_periodic_block(dy2, x2, dx2, p, b, nblk, stream):
+    """Block b of nblk: its range of (G, Q) rows through vgrad_each with the (4, Q) rows p."""
+    rows = x2.shape[0]
+    for r in range(b * rows // nblk, (b + 1) * rows // nblk):
+        vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], stream)
+
+
 @njit(**KERNEL)
 def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_ncl over (G, Q) rows of periodic channels (as affine_periodic)."""
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
-    rows = x2.shape[0]
     for b in prange(nblk):
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], False)
+        _grad_periodic_block(dy2, x2, dx2, p, b, nblk, False)
 
 
 @njit(**KERNEL)
 def bwd_apply_periodic_nt(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_periodic with non-temporal stores."""
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
-    rows = x2.shape[0]
     for b in prange(nblk):
-        for r in range(b * rows // nblk, (b + 1) * rows // nblk):
-            vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], True)
+        _grad_periodic_block(dy2, x2, dx2, p, b, nblk, True)
         store_fence()
 
 
