@@ -33,6 +33,27 @@ def test_dropped_output_is_reused_and_aligned():
     assert pool.pooled_bytes == b.nbytes
 
 
+@pytest.mark.parametrize("offset", [0, 4, 16, 48, 60])
+def test_output_starts_at_the_inputs_offset_within_a_line(offset):
+    """like=x: the output starts at x's offset within a 64-byte line, whichever buffer it gets
+    (a new one, or a recycled one that was handed out at another offset before)."""
+    pool = Pool(1 << 30)
+    raw = np.empty(SHAPE[0] * SHAPE[1] * 4 + 128, np.uint8)
+    start = (offset - _addr(raw)) % 64
+    x = raw[start:start + SHAPE[0] * SHAPE[1] * 4].view(np.float32).reshape(SHAPE)
+    assert _addr(x) % 64 == offset
+    a = pool.empty(SHAPE, np.float32, like=x)
+    assert _addr(a) % 64 == offset and a.shape == SHAPE and a.flags.c_contiguous
+    a[...] = 3.0  # the whole view lies inside the buffer
+    del a
+    b = pool.empty(SHAPE, np.float32, like=x[:, 1:])  # 4 bytes further
+    assert _addr(b) % 64 == (offset + 4) % 64
+    assert pool.pooled_bytes == b.nbytes  # the same buffer again
+    del b
+    c = pool.empty(SHAPE, np.float64, like=x[:, 1:])  # not a multiple of 8: aligned instead
+    assert _addr(c) % 64 == (0 if (offset + 4) % 8 else (offset + 4) % 64)
+
+
 @pytest.mark.parametrize("keep", [
     lambda a: a.T[3:],  # a view of a view
     memoryview,  # a buffer export

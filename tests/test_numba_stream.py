@@ -129,3 +129,23 @@ def test_stream_when_the_pass_fills_the_cache(monkeypatch):
     assert B._stream(x12, 1024, 3)  # backward: dy, x and dx, 36 MB
     assert not B._stream(x8, 1024, 3)
     assert not B._stream(x16, 64, 3)  # rows of 256 bytes: the alignment head would dominate
+
+
+@pytest.mark.parametrize("layout", ["group", "channel"])
+@pytest.mark.parametrize("skip", [0, 1, 3])
+def test_streamed_output_starts_where_the_input_does(monkeypatch, layout, skip):
+    """A streaming map aligns its stores to a line; an output at the input's offset within the
+    line lines up the input's loads too (_pool). Cached stores keep line-aligned outputs."""
+    be = normcore.get_backend("numba")
+    x = np.random.default_rng(1).normal(size=(1 << 19) + skip).astype(np.float32)[skip:]
+    x4 = x.reshape(8, 4, 4, 4096)  # 2 MiB: pooled
+    for flag in (True, False):
+        monkeypatch.setattr(B, "_stream", lambda x, row, arrays, flag=flag: flag)
+        if layout == "group":
+            y = be.group_normalize(x4, None, None, 1e-5, True)[0]
+        else:
+            x3 = x4.reshape(8, 16, 4096)
+            mean, var = be.channel_moments(x3)
+            y = be.channel_normalize(x3, mean, var, 1e-5, None, None)
+        assert y.ctypes.data % 64 == (x.ctypes.data % 64 if flag else 0)
+        del y

@@ -6,6 +6,15 @@ costs about 2 ms of page faults on top of a ~1.5 ms LayerNorm, which puts any ke
 the memory-copy floor. A training or inference loop drops each output before the next call of the
 same shape, so the same bytes can be handed out again, as PyTorch's caching allocators do.
 
+Where: ``empty(shape, dtype, like=x)`` starts the output at the same offset within a 64-byte
+line as the input ``x`` (buffers carry a line of slack, so any offset fits). The maps that
+stream their stores first step to the output's next line boundary; with the same offset the
+input's vector loads then start on line boundaries too, instead of each 64-byte load spanning
+two lines. NumPy's large arrays start 16 bytes into a page (the allocator's header), so a
+64-byte aligned output misses by 16. Measured (GroupNorm(32) (16, 256, 32, 32) float32
+forward kernel, 2 threads, streamed stores): output aligned like x 233 us, 64-byte aligned
+320 us, 32 bytes off 361 us.
+
 How: every pooled output is a view of a byte buffer that the pool keeps. NumPy views, memoryviews
 and arrays made from them (``torch.from_numpy`` too) all hold a reference to that buffer, so the
 buffer is free exactly when the pool's reference is the only one left (CPython reference
@@ -50,14 +59,14 @@ def _refcounts_reliable() -> bool:
 
 
 class _Slot:
-    """One pooled byte buffer (the array that owns the memory: every view's ``base`` is this
-    array, so its reference count says whether a view is alive) and its 64-byte aligned start."""
+    """One pooled byte buffer: the array that owns the memory (every view's ``base`` is this
+    array, so its reference count says whether a view is alive) and its address."""
 
-    __slots__ = ("raw", "start")
+    __slots__ = ("raw", "address")
 
-    def __init__(self, raw: np.ndarray, start: int) -> None:
+    def __init__(self, raw: np.ndarray) -> None:
         self.raw = raw
-        self.start = start
+        self.address = raw.ctypes.data
 
 
 class Pool:
@@ -70,25 +79,32 @@ class Pool:
         self._bytes = 0
         # What sys.getrefcount reports for a buffer only the pool holds, measured with the same
         # expression as in _idle (the count of temporaries differs between Python versions).
-        probe = _Slot(np.empty(1, np.uint8), 0)
+        probe = _Slot(np.empty(1, np.uint8))
         self._idle_count = -1
         self._idle_count = sys.getrefcount(probe.raw)
 
     def _idle(self, slot: _Slot) -> bool:
         return sys.getrefcount(slot.raw) == self._idle_count
 
-    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """An uninitialised C-contiguous array, recycled when a same-sized idle buffer exists."""
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype,
+              like: np.ndarray | None = None) -> np.ndarray:
+        """An uninitialised C-contiguous array, recycled when a same-sized idle buffer exists;
+        pooled ones start at ``like``'s offset within a 64-byte line (64-byte aligned without
+        ``like``, or when that offset is not a multiple of the itemsize)."""
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or nbytes > self.limit:
             return np.empty(shape, dtype)
+        offset = 0 if like is None else like.ctypes.data % _ALIGN
+        if offset % dtype.itemsize:
+            offset = 0
         with self._lock:
             # the view is made under the lock: from then on it holds a reference to the buffer
             slot = self._take(nbytes)
             if slot is None:
                 return np.empty(shape, dtype)
-            return slot.raw[slot.start:slot.start + nbytes].view(dtype).reshape(shape)
+            start = (offset - slot.address) % _ALIGN
+            return slot.raw[start:start + nbytes].view(dtype).reshape(shape)
 
     def _take(self, nbytes: int) -> _Slot | None:
         bucket = self._buckets.setdefault(nbytes, [])
@@ -99,8 +115,7 @@ class Pool:
             self._evict(self._bytes + nbytes - self.limit)
             if self._bytes + nbytes > self.limit:
                 return None
-        raw = np.empty(nbytes + _ALIGN, np.uint8)
-        slot = _Slot(raw, -raw.ctypes.data % _ALIGN)
+        slot = _Slot(np.empty(nbytes + _ALIGN, np.uint8))
         bucket.append(slot)
         self._bytes += nbytes
         return slot
