@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._simd import _F32, FLUSH, _convert, _hsum, _splat
+from ._simd import _F32, FLUSH, UNROLL, _convert, _hsum, _splat
 
 W = 16
 ALIGN = 64
@@ -87,8 +87,8 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None, value32=N
             also(i, 0)
 
     def vectors(first, count, nontemporal):
-        """``count`` vectors from element ``first`` on; in unrolled blocks of FLUSH when ``also``
-        sums in short float32 blocks (its begin/end around each block)."""
+        """``count`` vectors from element ``first`` on; in blocks of FLUSH (a loop over UNROLL
+        unrolled) when ``also`` sums in float32 blocks (its begin/end around each block)."""
 
         def one(j):  # vector j: elements first + j*W ...
             i = builder.add(first, builder.mul(j, const(W)))
@@ -107,8 +107,10 @@ def _row_map(context, builder, ins, y_ty, y, stream, value, also=None, value32=N
         nblk = builder.sdiv(count, const(FLUSH))
         with cgutils.for_range(builder, nblk) as blk:
             also.begin()
-            for j in range(FLUSH):
-                one(builder.add(builder.mul(blk.index, const(FLUSH)), const(j)))
+            with cgutils.for_range(builder, const(FLUSH // UNROLL)) as loop:
+                u0 = builder.add(builder.mul(blk.index, const(FLUSH)), builder.mul(loop.index, const(UNROLL)))
+                for j in range(UNROLL):
+                    one(builder.add(u0, const(j)))
             also.end()
         done = builder.mul(nblk, const(FLUSH))
         with builder.if_then(builder.icmp_signed("<", done, count)):
