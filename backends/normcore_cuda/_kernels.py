@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 
 import numpy as np
 from numba import cuda
@@ -140,12 +141,20 @@ def slabs(c: int, m: int) -> int:
 #: normcore verify --backend numba-cuda --quick``.
 SIM_SHUFFLE = SIMULATOR and os.environ.get("NORMCORE_CUDASIM_SHUFFLE", "0") == "1"
 
+#: The simulator's ``cuda.shared.array`` allocates a call site's buffer on its first call in a
+#: launch with an unlocked get-then-set, so two threads arriving together can each get their own
+#: buffer and never see each other's values (a rare wrong reduction: CI failed on it once). The
+#: simulator-only code below allocates under this lock. The kernels' own ``sh`` buffers are used
+#: only in the ``NORMCORE_CUDASIM_SHUFFLE`` mode and are not covered.
+_SIM_SHARED_LOCK = threading.Lock()
+
 if not SIMULATOR or SIM_SHUFFLE:
     if SIMULATOR:
 
         def _shfl_xor(v, lanemask):
             """Emulated ``cuda.shfl_xor_sync`` (all threads of the block must call it)."""
-            buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 exactly
+            with _SIM_SHARED_LOCK:
+                buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 exactly
             tid = cuda.threadIdx.x
             cuda.syncthreads()
             buf[tid] = v
@@ -235,7 +244,8 @@ else:
         return _butterfly(t)[tid % WARP]
 
     def _group_sum(v, sh, tpr, zero):
-        buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 values exactly
+        with _SIM_SHARED_LOCK:
+            buf = cuda.shared.array(1024, np.float64)  # float64 holds float32 values exactly
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         cuda.syncthreads()
@@ -244,7 +254,8 @@ else:
         return _reduce_rows(buf[:nt], tid, tpr, np.asarray(zero).dtype)
 
     def _group_sum2(a, b, sh, sh2, tpr, zero):
-        buf = cuda.shared.array((2, 1024), np.float64)
+        with _SIM_SHARED_LOCK:
+            buf = cuda.shared.array((2, 1024), np.float64)
         tid = cuda.threadIdx.x
         nt = cuda.blockDim.x
         dt = np.asarray(zero).dtype
