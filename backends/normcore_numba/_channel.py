@@ -522,6 +522,31 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction
 
 
 @njit(**KERNEL)
+def batch_periodic(xs, c_, inner_s, x2, inner, eps, weight, bias, y2, nblk, nblk2, rm, rv,
+                   momentum, correction, new_mean, new_var):
+    """moments_ncl_strips over the slabs xs, then affine_periodic over x2 (the (G, Q) view of the
+    same array) into y2: the fused forward of cache-sized rows of C channels (BatchNorm1d's
+    (N, C), small channels-last input), one kernel call where it took three."""
+    k = _slab_shifts(xs, c_, inner_s)
+    kp = _position_shifts(xs, c_, inner_s, k)
+    o1, o2, s1, s2 = _strip_partials(nblk, xs.shape[1] * xs.shape[2], c_)
+    mean = var = k  # (set in phase 1, before their first use)
+    cr = ar = sr = kp
+    nb = nblk
+    for phase in range(2):
+        if phase == 1:
+            mean, var = _moments(s1, s2, k, xs.size // c_)
+            cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+            nb = nblk2
+        for b in prange(nb):
+            if phase == 0:
+                _strips_block(xs, kp, inner_s, o1, o2, s1, s2, b)
+            else:
+                _periodic_block(x2, y2, cr, ar, sr, b, nblk2, False)
+    return _batch_out(xs, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+
+
+@njit(**KERNEL)
 def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                    new_mean, new_var):
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""

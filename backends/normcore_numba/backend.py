@@ -433,9 +433,15 @@ class NumbaBackend(Backend):
         k, nt = _plan("_channel", x3.size)
         x = _widen(x3)
         n, c, l_ = x.shape
-        nlc = _channels_last(x)  # fused only when too few rows for the strip kernels
-        if nlc:
-            fused = _strip_view(x, nt) is None and not _stream(x, c, 2)
+        nlc = _channels_last(x)
+        strips = periodic = None
+        if nlc:  # rows of C channels: strips and a periodic map where they exist, in one call
+            strips = _strip_view(x, nt)
+            periodic = _periodic(x) if strips is not None else None
+            if periodic is not None:  # as channel_normalize would stream
+                fused = not _stream(x, periodic[0].shape[1], 2)
+            else:
+                fused = strips is None and not _stream(x, c, 2)
         else:
             fused = _row_pieces(nt, x) == 1 and not _stream(x, l_, 2)
         if not fused:
@@ -447,14 +453,21 @@ class NumbaBackend(Backend):
             rm, rv, momentum, corr = running
             return y, mean, var, *self.running_update(rm, rv, mean.reshape(1, c),
                                                       var.reshape(1, c), momentum, corr)
-        yt = _out((n, l_, c) if nlc else (n, c, l_), dtype=x.dtype)
-        y = yt.transpose(0, 2, 1) if nlc else yt
         if running is None:  # empty running inputs: the kernels skip the update
             none = _NONE[x.dtype]
             upd = (none, none, 0.0, 1.0, none, none)
         else:
             rm, rv, momentum, corr = running
             upd = (_vec(rm), _vec(rv), float(momentum), float(corr), *_running_out(rm, rv))
+        if periodic is not None:
+            (slabs, c_, inner_s), (x2, inner, last) = strips, periodic
+            y2, y = _periodic_out(x, x2, last)
+            mean, var = k.batch_periodic(slabs, c_, inner_s, x2, inner, float(eps), _vec(weight),
+                                         _vec(bias), y2, _blocks(slabs.shape[0], nt),
+                                         _blocks(x2.shape[0], nt), *upd)
+            return self._batch_result(y, x3, mean, var, running, upd)
+        yt = _out((n, l_, c) if nlc else (n, c, l_), dtype=x.dtype)
+        y = yt.transpose(0, 2, 1) if nlc else yt
         args = (float(eps), _vec(weight), _vec(bias), yt, _blocks(n * l_ if nlc else n * c, nt),
                 *upd)
         if nlc:  # channels-last, too few rows for the strips
@@ -466,6 +479,11 @@ class NumbaBackend(Backend):
         else:
             nch = _nchunk(n * c, l_, nt)
             mean, var = k.batch_ncl(x, nch, *_partials(_blocks(n * c * nch, nt), c, k.FOLD), *args)
+        return self._batch_result(y, x3, mean, var, running, upd)
+
+    @staticmethod
+    def _batch_result(y, x3, mean, var, running, upd):
+        """_batch's answer from a fused kernel: y in x3's dtype, and the running update."""
         y = y.astype(x3.dtype, copy=False)
         if running is None:
             return y, mean, var, None, None
