@@ -368,48 +368,75 @@ def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
 
 
 @njit(inline="always", **HELPER)
-def _position_rows(mean, var, eps, weight, bias, q, inner, like):
+def _line_aligned(q, like):
+    """An empty row of q elements in like's dtype starting on a 64-byte line (Numba's own
+    allocations are 32-byte aligned: half the vector loads of a parameter row crossed lines)."""
+    item = like.itemsize
+    buf = empty(q + 64 // item, like.dtype)
+    first = ((-buf.ctypes.data) % 64) // item
+    return buf[first:first + q]
+
+
+@njit(inline="always", **HELPER)
+def _position_rows(mean, var, eps, weight, bias, q, inner, like, h):
     """Per-position (c, a, s) rows of q elements in like's dtype for vaffine_each: y = (x - c) *
     a + s is BatchNorm's centred scale and shift (_centered), with c rounded to like's dtype and
-    that rounding folded into s (as _vmap._affine_value32)."""
+    that rounding folded into s (as _vmap._affine_value32). Rotated by h: element j of a row
+    is position (j + h) % q (see _periodic_block); line-aligned."""
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     c_ = mu.shape[0]
-    cr = empty(q, like.dtype)
-    ar = empty(q, like.dtype)
-    sr = empty(q, like.dtype)
+    cr = _line_aligned(q, like)
+    ar = _line_aligned(q, like)
+    sr = _line_aligned(q, like)
     for ch in range(c_):  # loops, not j // inner % C: a division per position costs as much
-        cr[ch * inner] = mu[ch]  # as the whole pass on a small input; c rounded to like's dtype
-        sh = shift[ch] + (numba.float64(cr[ch * inner]) - mu[ch]) * scale[ch]
+        first = ch * inner - h  # as the whole pass on a small input
+        first += q if first < 0 else 0
+        cr[first] = mu[ch]  # c rounded to like's dtype
+        c32 = cr[first]
+        sh = shift[ch] + (numba.float64(c32) - mu[ch]) * scale[ch]
         for j0 in range(ch * inner, q, c_ * inner):
-            for j in range(j0, j0 + inner):
-                cr[j] = cr[ch * inner]
-                ar[j] = scale[ch]
-                sr[j] = sh
+            for j in range(j0 - h, j0 - h + inner):
+                jj = j + q if j < 0 else j
+                cr[jj] = c32
+                ar[jj] = scale[ch]
+                sr[jj] = sh
     return cr, ar, sr
 
 
 @njit(inline="always", **HELPER)
-def _periodic_block(x2, y2, cr, ar, sr, b, nblk, stream):
-    """Block b of nblk: its range of (G, Q) rows through vaffine_each."""
+def _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, stream):
+    """Block b of nblk: its range of (G, Q) rows through vaffine_each. ``ends`` = (x head, y
+    head, x tail, y tail), empty or not: x2 and y2 are then rows from h = len(head) elements
+    into the flat arrays (so that their rows start on a line, as the rotated parameter rows
+    do), the head is the first row's first h elements and the tail the last row's rest."""
     rows = x2.shape[0]
     for r in range(b * rows // nblk, (b + 1) * rows // nblk):
         vaffine_each(x2[r], y2[r], cr, ar, sr, stream)
+    xh, yh, xt, yt = ends
+    q = x2.shape[1]
+    if b == 0 and xh.size > 0:
+        h = q - xh.size
+        vaffine_each(xh, yh, cr[h:], ar[h:], sr[h:], stream)
+    if b == nblk - 1 and xt.size > 0:
+        vaffine_each(xt, yt, cr, ar, sr, stream)
 
 
 @njit(**KERNEL)
-def affine_periodic(x2, mean, var, eps, weight, bias, inner, y2, nblk):
+def affine_periodic(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_ncl over (G, Q) rows of periodic channels (see above)."""
-    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
+                                ends[0].size)
     for b in prange(nblk):
-        _periodic_block(x2, y2, cr, ar, sr, b, nblk, False)
+        _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, False)
 
 
 @njit(**KERNEL)
-def affine_periodic_nt(x2, mean, var, eps, weight, bias, inner, y2, nblk):
+def affine_periodic_nt(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_periodic with non-temporal stores."""
-    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
+                                ends[0].size)
     for b in prange(nblk):
-        _periodic_block(x2, y2, cr, ar, sr, b, nblk, True)
+        _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, True)
         store_fence()
 
 
@@ -522,7 +549,7 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction
 
 
 @njit(**KERNEL)
-def batch_periodic(xs, c_, inner_s, x2, inner, eps, weight, bias, y2, nblk, nblk2, rm, rv,
+def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk, nblk2, rm, rv,
                    momentum, correction, new_mean, new_var):
     """moments_ncl_strips over the slabs xs, then affine_periodic over x2 (the (G, Q) view of the
     same array) into y2: the fused forward of cache-sized rows of C channels (BatchNorm1d's
@@ -536,13 +563,14 @@ def batch_periodic(xs, c_, inner_s, x2, inner, eps, weight, bias, y2, nblk, nblk
     for phase in range(2):
         if phase == 1:
             mean, var = _moments(s1, s2, k, xs.size // c_)
-            cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2)
+            cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
+                                        ends[0].size)
             nb = nblk2
         for b in prange(nb):
             if phase == 0:
                 _strips_block(xs, kp, inner_s, o1, o2, s1, s2, b)
             else:
-                _periodic_block(x2, y2, cr, ar, sr, b, nblk2, False)
+                _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk2, False)
     return _batch_out(xs, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
