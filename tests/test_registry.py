@@ -68,6 +68,21 @@ def test_default_is_fastest_available_cpu_backend(monkeypatch):
     assert registry.resolve()[0].name == expected
 
 
+def test_default_selection_is_kept_until_register_or_refresh(monkeypatch, clean_registry):
+    monkeypatch.delenv("NORMCORE_BACKEND", raising=False)
+    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY", raising=False)
+    before = registry.resolve()[0]
+    assert registry.resolve()[0] is before  # kept: the same object, no second walk
+    registry.register("other", _Other, priority=10_000)
+    assert registry.resolve()[0].name == "other"  # register() forgets the kept answer
+    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", before.name)
+    assert registry.resolve()[0] is before  # kept per NORMCORE_BACKEND_PRIORITY value
+    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY")
+    assert registry.resolve()[0].name == "other"
+    registry.refresh()
+    assert registry.resolve()[0].name == before.name
+
+
 def test_priority_environment_variable(monkeypatch):
     monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "numpy,numba")
     assert registry.resolve()[0].name == "numpy"
