@@ -236,13 +236,50 @@ def _row_span(r0, r1, c_):
 
 
 @njit(inline="always", **HELPER)
+def _tile(src, inner, out, h):
+    """out[j] = src[((j + h) // inner) % C] (C = len(src)): per-channel values laid along a row
+    of q positions, rotated by h < q, with q a whole number of periods of C * inner positions
+    (true of every caller: slabs and periodic rows hold whole (C, L) slabs or rows of C).
+
+    Written a period at a time in position order: a loop per channel over a strided range pays
+    an integer division per channel for its trip count, and a division per position costs more
+    than a small input's whole pass. Measured with C = 512, 2 threads: BatchNorm1d (64, 512)
+    training forward 26.5 -> 22-24 us, (32, 2048) 52 -> 38 us."""
+    q = out.shape[0]
+    c_ = src.shape[0]
+    row = empty(q, out.dtype) if h > 0 else out[:]
+    if inner == 1:  # rows of C channels: a copy of src per period
+        for j0 in range(0, q, c_):
+            for c in range(c_):
+                row[j0 + c] = src[c]
+    else:
+        j = 0
+        for _ in range(0, q, c_ * inner):
+            for c in range(c_):
+                v = src[c]
+                for i in range(j, j + inner):
+                    row[i] = v
+                j += inner
+    if h > 0:
+        for j in range(q - h):
+            out[j] = row[j + h]
+        for j in range(h):
+            out[q - h + j] = row[j]
+
+
+@njit(inline="always", **HELPER)
 def _slab_shifts(x, c_, inner):
     """k[c]: one sample of channel c (the first slab's position c * inner), float64."""
     l_ = x.shape[2]
     k = empty(c_, np.float64)
-    for c in range(c_):
-        pos = c * inner
-        k[c] = x[0, pos // l_, pos % l_]
+    row = 0
+    col = 0
+    for c in range(c_):  # position c * inner as (row, col), without a division per channel
+        k[c] = x[0, row, col]
+        col += inner
+        while col >= l_:
+            col -= l_
+            row += 1
     return k
 
 
@@ -250,12 +287,8 @@ def _slab_shifts(x, c_, inner):
 def _position_shifts(x, c_, inner, shift):
     """kp[j] = shift[(j // inner) % C] in x's dtype: the per-position shifts of the strip
     intrinsics (which must be exact in x's dtype; the callers' are)."""
-    q = x.shape[1] * x.shape[2]
-    kp = empty(q, x.dtype)
-    for c in range(c_):  # loops: a slice assignment here becomes a parfor, a division per
-        for j0 in range(c * inner, q, c_ * inner):  # position costs more than the pass
-            for j in range(j0, j0 + inner):
-                kp[j] = shift[c]
+    kp = empty(x.shape[1] * x.shape[2], x.dtype)
+    _tile(shift, inner, kp, 0)
     return kp
 
 
@@ -270,16 +303,20 @@ def _strip_partials(nblk, q, c_):
 def _onto_channels(o1, o2, s1, s2, b, inner):
     """Block b's position sums folded into its channel sums (position j into (j // inner) % C)."""
     c_ = s1.shape[1]
-    q = o1.shape[1]
     for c in range(c_):
-        t1 = 0.0
-        t2 = 0.0
-        for j0 in range(c * inner, q, c_ * inner):
-            for j in range(j0, j0 + inner):
+        s1[b, c, 0] = 0.0
+        s2[b, c, 0] = 0.0
+    j = 0
+    for _ in range(0, o1.shape[1], c_ * inner):  # a period at a time, as _tile (each channel's
+        for c in range(c_):  # sum is taken in the same order of positions as before)
+            t1 = s1[b, c, 0]
+            t2 = s2[b, c, 0]
+            for _ in range(inner):
                 t1 += o1[b, j]
                 t2 += o2[b, j]
-        s1[b, c, 0] = t1
-        s2[b, c, 0] = t2
+                j += 1
+            s1[b, c, 0] = t1
+            s2[b, c, 0] = t2
 
 
 @njit(inline="always", **HELPER)
@@ -385,21 +422,16 @@ def _position_rows(mean, var, eps, weight, bias, q, inner, like, h):
     is position (j + h) % q (see _periodic_block); line-aligned."""
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     c_ = mu.shape[0]
+    c32 = empty(c_, like.dtype)
+    for ch in range(c_):
+        c32[ch] = mu[ch]  # c rounded to like's dtype
+        shift[ch] += (numba.float64(c32[ch]) - mu[ch]) * scale[ch]
     cr = _line_aligned(q, like)
     ar = _line_aligned(q, like)
     sr = _line_aligned(q, like)
-    for ch in range(c_):  # loops, not j // inner % C: a division per position costs as much
-        first = ch * inner - h  # as the whole pass on a small input
-        first += q if first < 0 else 0
-        cr[first] = mu[ch]  # c rounded to like's dtype
-        c32 = cr[first]
-        sh = shift[ch] + (numba.float64(c32) - mu[ch]) * scale[ch]
-        for j0 in range(ch * inner, q, c_ * inner):
-            for j in range(j0 - h, j0 - h + inner):
-                jj = j + q if j < 0 else j
-                cr[jj] = c32
-                ar[jj] = scale[ch]
-                sr[jj] = sh
+    _tile(c32, inner, cr, h)
+    _tile(scale, inner, ar, h)
+    _tile(shift, inner, sr, h)
     return cr, ar, sr
 
 
@@ -444,15 +476,11 @@ def affine_periodic_nt(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
 def _repeat_rows(q, inner, a, k2, mu, k3):
     """The per-channel float64 coefficients of bwd_apply as (4, q) rows of positions (channel
     (j // inner) % C of position j)."""
-    c_ = a.shape[0]
     out = empty((4, q), np.float64)
-    for ch in range(c_):
-        for j0 in range(ch * inner, q, c_ * inner):
-            for j in range(j0, j0 + inner):
-                out[0, j] = a[ch]
-                out[1, j] = k2[ch]
-                out[2, j] = mu[ch]
-                out[3, j] = k3[ch]
+    _tile(a, inner, out[0], 0)
+    _tile(k2, inner, out[1], 0)
+    _tile(mu, inner, out[2], 0)
+    _tile(k3, inner, out[3], 0)
     return out
 
 
