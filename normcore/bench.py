@@ -417,12 +417,15 @@ def _run_rounds(timers: dict[str, dict[str, _Timer]], copies: list[_Timer], repe
     firsts = []
     for t in everything:  # one call each, not reported: sizes the rounds
         first = t.once()
-        # the best of a few calls per round (about 5 ms of them, 3 to 20) for all but the
+        # the best of a few calls per round (about 10 ms of them, 3 to 200) for all but the
         # slowest: the first calls after another column's pay for the state that one left
         # (its cache and writeback traffic, and its OpenMP workers, which spin for a while after
-        # its call on the cores the next column wants: measured, GroupNorm's first call after
-        # torch's is 30% slower, its third is steady, and torch's after ours likewise)
-        t.calls = min(20, max(3, math.ceil(5e-3 / max(first, 1e-9)))) if first < 0.1 else 1
+        # its call on the cores the next column wants). Measured (2 threads), GroupNorm's first
+        # call after torch's is 30% slower and its third steady; BatchNorm2d (256, 64, 8, 8), a
+        # 90 us call, runs 190, 127, 105, then about 95 us until 2 ms after torch's last call,
+        # and reaches its steady 87.5 only after 5 ms (libgomp's spin time): 20 calls (2 ms)
+        # kept 8% of torch's state in its figure.
+        t.calls = min(200, max(3, math.ceil(10e-3 / max(first, 1e-9)))) if first < 0.1 else 1
         firsts.append(first * t.calls)
     budget = _TIME_BUDGET * len(everything)
     rounds = max(_MIN_REPEATS, min(repeat, int(budget / max(sum(firsts), 1e-6))))
