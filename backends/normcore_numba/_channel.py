@@ -51,6 +51,7 @@ from ._common import (
     acc_dot2_centered,
     acc_sums_shifted,
     affine_row,
+    borrow,
     cast,
     empty,
     grad_row,
@@ -183,6 +184,7 @@ def _units_block(x, k, nchunk, p1, p2, b):
 def moments_ncl(x, nchunk, p1, p2):
     """Per-channel (mean, var) of (N, C, L) rows cut into ``nchunk`` pieces each, in x's dtype,
     via shifted sums into p1, p2 of shape (blocks, C, FOLD)."""
+    x = borrow(x)
     k = _first_samples(x)
     for b in prange(p1.shape[0]):
         _units_block(x, k, nchunk, p1, p2, b)
@@ -211,6 +213,7 @@ def _rows_block(x, k, p1, p2, q1, q2, b):
 def moments_ncl_rows(x, nblk):
     """moments_ncl over whole contiguous rows of up to 512 elements: each block sums its range
     of (n, c) rows in one intrinsic call (vrows0), with no per-row slicing or odometer in numba."""
+    x = borrow(x)
     k = _first_samples(x)
     p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
     for b in prange(nblk):
@@ -311,6 +314,7 @@ def _strips_block(x, kp, inner, o1, o2, s1, s2, b):
 @njit(**KERNEL)
 def moments_ncl_strips(x, c_, inner, nblk):
     """moments_ncl over slabs of C channels by strips of positions (see _strips_block)."""
+    x = borrow(x)
     k = _slab_shifts(x, c_)
     kp = _position_shifts(x, c_, inner, k)
     o1, o2, s1, s2 = _strip_partials(nblk, x.shape[1] * x.shape[2], c_)
@@ -367,6 +371,7 @@ def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add, whole
     rows, cached stores. Whole rows only: the backend hands few long rows over cut into pieces
     (a (N, C * k, L / k) view, the statistics repeated)."""
+    x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     for b in prange(nblk):
         _affine_block(x, y, mu, scale, shift, b, nblk)
@@ -438,6 +443,7 @@ def _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, stream):
 @njit(**KERNEL)
 def affine_periodic(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_ncl over (G, Q) rows of periodic channels (see above)."""
+    x2, y2 = borrow((x2, y2))
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
                                 ends[0].size)
     for b in prange(nblk):
@@ -447,6 +453,7 @@ def affine_periodic(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
 @njit(**KERNEL)
 def affine_periodic_nt(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_periodic with non-temporal stores."""
+    x2, y2 = borrow((x2, y2))
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
                                 ends[0].size)
     for b in prange(nblk):
@@ -483,6 +490,7 @@ def _grad_periodic_block(dy2, x2, dx2, p, b, nblk, stream):
 @njit(**KERNEL)
 def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_ncl over (G, Q) rows of periodic channels (as affine_periodic)."""
+    dy2, x2, dx2 = borrow((dy2, x2, dx2))
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
     for b in prange(nblk):
         _grad_periodic_block(dy2, x2, dx2, p, b, nblk, False)
@@ -491,6 +499,7 @@ def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
 @njit(**KERNEL)
 def bwd_apply_periodic_nt(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_periodic with non-temporal stores."""
+    dy2, x2, dx2 = borrow((dy2, x2, dx2))
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
     for b in prange(nblk):
         _grad_periodic_block(dy2, x2, dx2, p, b, nblk, True)
@@ -526,6 +535,7 @@ def _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var):
 def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
               new_mean, new_var):
     """moments_ncl, then affine_ncl into y with the float64 statistics."""
+    x, y = borrow((x, y))
     k = _first_samples(x)
     mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
     for phase in range(2):
@@ -546,6 +556,7 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction
                      new_mean, new_var):
     """moments_ncl_strips of (N, C, L) with contiguous (C, L) slabs, then affine_ncl into y with
     the float64 statistics."""
+    x, y = borrow((x, y))
     c_ = x.shape[1]
     l_ = x.shape[2]
     k = _slab_shifts(x, c_)
@@ -570,6 +581,7 @@ def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk
     """moments_ncl_strips over the slabs xs, then affine_periodic over x2 (the (G, Q) view of the
     same array) into y2: the fused forward of cache-sized rows of C channels (BatchNorm1d's
     (N, C), small channels-last input), one kernel call where it took three."""
+    xs, x2, y2 = borrow((xs, x2, y2))
     k = _slab_shifts(xs, c_)
     kp = _position_shifts(xs, c_, inner_s, k)
     o1, o2, s1, s2 = _strip_partials(nblk, xs.shape[1] * xs.shape[2], c_)
@@ -594,6 +606,7 @@ def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk
 def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                    new_mean, new_var):
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
+    x, y = borrow((x, y))
     k = _first_samples(x)
     p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
     mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
@@ -612,6 +625,7 @@ def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
 @njit(**KERNEL)
 def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
     """affine_ncl with non-temporal stores."""
+    x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
@@ -637,6 +651,7 @@ def _onto_mu(dy, x, mu, pb, pw):
 def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
     """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed into pb, pw of shape
     (blocks, C, FOLD) as moments_ncl; the second about lane_shift(x, mu) (see acc_dot2_centered)."""
+    dy, x = borrow((dy, x))
     n_, c_, _ = x.shape
     nblk = pb.shape[0]
     units = n_ * c_ * nchunk
@@ -657,6 +672,7 @@ def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
 def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
     """bwd_reduce_ncl for whole contiguous rows of up to 512 elements (vrows1, as
     moments_ncl_rows)."""
+    dy, x = borrow((dy, x))
     n_, c_, l_ = x.shape
     rows = n_ * c_
     pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
@@ -670,6 +686,7 @@ def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
 def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, inner, nblk):
     """bwd_reduce_ncl over slabs of positions of x and dy by strips (vstrip1, as
     moments_ncl_strips; C = mu's length); dy and x of one dtype."""
+    dy, x = borrow((dy, x))
     n_ = x.shape[0]
     c_ = mu.shape[0]
     q = x.shape[1] * x.shape[2]
@@ -702,6 +719,7 @@ def _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, stream):
 @njit(**KERNEL)
 def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nblk):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c], whole rows (as affine_ncl)."""
+    dy, x, dx = borrow((dy, x, dx))
     rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
         _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, False)
@@ -710,6 +728,7 @@ def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nblk):
 @njit(**KERNEL)
 def bwd_apply_ncl_nt(dy, x, mu, a, k2, k3, dx, nblk):
     """bwd_apply_ncl with non-temporal stores."""
+    dy, x, dx = borrow((dy, x, dx))
     rows = x.shape[0] * x.shape[1]
     for b in prange(nblk):
         _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, True)
@@ -721,6 +740,7 @@ def bwd_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     """bwd_reduce_ncl_rows, then bwd_apply_ncl into dx (cached stores), in one call: the prange
     loop run twice as in the fused forwards (one parallel function to compile, not two, and
     one call less for a small layer). Returns (dbias, dweight)."""
+    dy, x, dx = borrow((dy, x, dx))
     n_, c_, l_ = x.shape
     rows = n_ * c_
     pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
@@ -800,6 +820,7 @@ def _nlc_moments(p1, p2, k, m):
 @njit(**KERNEL)
 def moments_nlc(x, k, p1, p2):
     """moments_ncl for the channels-last view; zeroed partials of shape (blocks, C)."""
+    x = borrow(x)
     for b in prange(p1.shape[0]):
         _nlc_sums_block(x, k, p1, p2, b)
     mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
@@ -827,6 +848,7 @@ def _nlc_affine_block(x, y, mu, scale, shift, b, nblk):
 
 @njit(**KERNEL)
 def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
+    x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     for b in prange(nblk):
         _nlc_affine_block(x, y, mu, scale, shift, b, nblk)
@@ -837,6 +859,7 @@ def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_m
     """moments_nlc, then affine_nlc into y with the float64 statistics (the fused forwards of
     the (N, C, L) layout above, for channels-last input too small for the strip kernels: a
     BatchNorm1d of a few rows took three kernel calls, 20 us where one takes 10)."""
+    x, y = borrow((x, y))
     c_ = x.shape[2]
     k = empty(c_, np.float64)
     for c in range(c_):
@@ -907,6 +930,7 @@ def _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
 
 @njit(**KERNEL)
 def bwd_reduce_nlc(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
+    dy, x = borrow((dy, x))
     for b in prange(pb.shape[0]):
         _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
     return _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, x.shape[0] * x.shape[1], batch_stats)
@@ -934,6 +958,7 @@ def _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk):
 
 @njit(**KERNEL)
 def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
+    dy, x, dx = borrow((dy, x, dx))
     for b in prange(nblk):
         _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk)
 
@@ -942,6 +967,7 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
 def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     """bwd_reduce_nlc, then bwd_apply_nlc into dx, in one call (as bwd_ncl_rows), for
     channels-last input too small for the strip kernels. Returns (dbias, dweight)."""
+    dy, x, dx = borrow((dy, x, dx))
     c_ = x.shape[2]
     pb = empty((nblk, c_), np.float64)
     pw = empty((nblk, c_), np.float64)

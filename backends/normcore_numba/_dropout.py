@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import HELPER, KERNEL
+from ._common import HELPER, KERNEL, borrow
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,6 +34,7 @@ def splitmix64(z):
 @njit(**KERNEL)
 def dropout_flat(x, seed, thr, scale, y):
     """y[i] = x[i] * scale if keep(i) else 0, for 1-D C-order x and y."""
+    x, y = borrow((x, y))
     n = x.shape[0]
     nblk = (n + 4095) // 4096
     for b in prange(nblk):

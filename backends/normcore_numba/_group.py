@@ -40,6 +40,7 @@ from ._common import (
     KERNEL,
     affine_row,
     affine_row_sums,
+    borrow,
     dot2_centered,
     empty,
     grad_row,
@@ -66,6 +67,7 @@ def _moments(s1, s2, k, m, center):
 def fwd3(x, w, b, eps, center, y, nblk, stream):
     """Each block sums its first row, then normalizes row r in the same loop that sums row r + 1
     (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums)."""
+    x, w, b, y = borrow((x, w, b, y))
     n_, g_, d_ = x.shape
     rows = n_ * g_
     mean = empty((n_, g_), np.float64)
@@ -101,6 +103,7 @@ def fwd3(x, w, b, eps, center, y, nblk, stream):
 @njit(**KERNEL)
 def fwd4(x, w, b, eps, center, y, nblk, stream):
     """fwd3 for L > 1: a row is D lines of L with one scale and shift per line."""
+    x, w, b, y = borrow((x, w, b, y))
     n_, g_, d_, _ = x.shape
     rows = n_ * g_
     m_ = d_ * x.shape[3]
@@ -149,6 +152,7 @@ def fwd4(x, w, b, eps, center, y, nblk, stream):
 
 @njit(**KERNEL)
 def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+    dy, x, w, dx = borrow((dy, x, w, dx))
     n_, g_, d_ = x.shape
     rows = n_ * g_
     nblk = pw.shape[0]
@@ -185,6 +189,7 @@ def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
 
 @njit(**KERNEL)
 def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+    dy, x, w, dx = borrow((dy, x, w, dx))
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_

@@ -15,11 +15,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ._common import KERNEL, dot2_centered, empty, sums_shifted
+from ._common import KERNEL, borrow, dot2_centered, empty, sums_shifted
 
 
 @njit(**KERNEL)
 def standardize(x, eps, ddof, eps_in_root, y):
+    x, y = borrow((x, y))
     r_, k_ = x.shape
     mean = empty(r_, np.float64)
     denom = empty(r_, np.float64)
@@ -42,6 +43,7 @@ def standardize(x, eps, ddof, eps_in_root, y):
 
 @njit(**KERNEL)
 def standardize_backward(dy, x, mean, denom, ddof, eps_in_root, dx):
+    dy, x, dx = borrow((dy, x, dx))
     r_, k_ = x.shape
     n = k_ - ddof
     for r in prange(r_):
