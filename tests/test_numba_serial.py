@@ -1,8 +1,8 @@
-"""Small inputs run on the calling thread, through serial twins of the parallel kernels (see
-``normcore_numba._common.SerialKernels``). The suite runs the parallel kernels
-(``make test`` sets ``NORMCORE_NUMBA_SERIAL_MAX=0``); here every conformance case runs on the
-twins, and every kernel call is made twice, serial and parallel on one thread, whose results
-must be equal bit for bit."""
+"""Small inputs run on the calling thread, as one block with no parallel region (see
+``normcore_numba._blocks``). The suite runs the kernels on numba's threads (``make test`` sets
+``NORMCORE_NUMBA_SERIAL_MAX=0``); here every conformance case runs the small-input way, and
+every kernel call is made twice, small-input and parallel with one thread, whose results must be
+equal bit for bit."""
 
 from __future__ import annotations
 
@@ -61,23 +61,32 @@ def twinned():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_serial_twins_conform_and_equal_the_parallel_kernels(twinned, case):
+def test_small_input_path_conforms_and_equals_the_parallel_one(twinned, case):
     if not applies(case, twinned):
         pytest.skip(f"not a numba kernel: {case.kernels}")
     case.run(twinned)
 
 
-def test_small_inputs_take_the_serial_twins(monkeypatch):
+def test_small_inputs_run_one_block_on_the_calling_thread(monkeypatch):
     monkeypatch.setattr(B, "SERIAL_MAX", 32768)
     small, threads = B._plan("_group", 32768)
-    assert threads == 1 and isinstance(small, B._kernels("_common").SerialKernels)
+    assert small is B._kernels("_group") and threads == 1
     big, threads = B._plan("_group", 32769)
     assert big is B._kernels("_group") and threads == numba.get_num_threads()
-    # a twin is its own dispatcher (own cache entries), compiled without parallel
-    twin = small.fwd3
-    assert twin is not big.fwd3 and twin.py_func.__qualname__ == "fwd3_serial"
-    assert "parallel" not in twin.targetoptions and "parallel" in big.fwd3.targetoptions
-    assert B._plan("_channel", 8)[0].FOLD == B._kernels("_channel").FOLD  # the rest passes
+
+
+@pytest.mark.parametrize("size", [100, 10_000, 1_000_000])
+def test_dropout_and_standardization_take_the_threads_they_are_given(monkeypatch, size):
+    """Their blocks are cut by the thread count now (one block for small inputs): results do
+    not depend on it (elements and rows are independent)."""
+    be = normcore.get_backend("numba")
+    x = np.random.default_rng(1).standard_normal((size // 100, 100)).astype(np.float32)
+    out = {}
+    for limit in (0, 1 << 40):
+        monkeypatch.setattr(B, "SERIAL_MAX", limit)
+        out[limit] = (be.dropout(x, 0.3, 7), *be.standardize_rows(x, 1e-5, 0, True))
+    for a, b in zip(out[0], out[1 << 40], strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
 def test_the_threshold_comes_from_the_environment(monkeypatch):
@@ -92,15 +101,14 @@ def test_the_threshold_comes_from_the_environment(monkeypatch):
         assert B._serial_max() == 32768
 
 
-def test_kernels_keep_their_parallel_options_after_compiling(monkeypatch):
-    """numba pops the keys out of a dict of parallel options at every compile: the kernels share
-    an options object instead, so every compile, not just the process's first, runs the prange
-    pass alone (and the serial twins still recognise the parallel kernels)."""
+def test_the_parallel_kernel_keeps_its_options_after_compiling(monkeypatch):
+    """numba pops the keys out of a dict of parallel options at every compile: the options are
+    an object instead, so every compile, not just the process's first, runs the prange pass
+    alone. The layer kernels are not parallel themselves: their blocks run through one."""
     monkeypatch.setattr(B, "SERIAL_MAX", 0)
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 5))
     B.NumbaBackend().group_normalize(x, None, None, 1e-5, True)  # compiles, or loads, fwd4
     options = B._kernels("_common").KERNEL["parallel"]
     assert options.prange and not (options.numpy or options.reduction or options.fusion)
-    assert "parallel" in B._kernels("_group").fwd4.targetoptions
-    monkeypatch.setattr(B, "SERIAL_MAX", 1 << 40)
-    assert B._plan("_group", 1)[0].fwd4.py_func.__qualname__ == "fwd4_serial"
+    assert "parallel" in B._kernels("_blocks")._run_blocks.targetoptions
+    assert "parallel" not in B._kernels("_group").fwd4.targetoptions

@@ -11,10 +11,12 @@ Bandwidth accounting per element (s = itemsize, 4 for float32), the floor being 
 Per-channel sums are never parallelized over C alone (C can be 3 or 64 with huge N*L): the work
 is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) rows for the
 channels-last layout, units are split into one fixed contiguous block per thread, each block
-writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes inside
-prange): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
+writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes across
+blocks): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
 row pays no tree sum of its own. The partials are merged in block and lane order after the
-prange, in the same compiled call (deterministic for a fixed thread count). Contiguous rows of up to 512
+blocks, in the same compiled call (deterministic for a fixed thread count). Every kernel runs
+its blocks through ``_blocks.parallel_blocks`` (a block body per pass, compiled into the
+kernel; see there why not prange loops in each kernel). Contiguous rows of up to 512
 elements go through ``*_rows`` instead: each block hands its range of rows to one intrinsic
 (``_simd.vrows0``/``vrows1``) that walks them itself and keeps (blocks, C, ROW_LANES) partials;
 statistics of rows under 64 elements with many n (backward sums: under 32) go by strips of
@@ -23,8 +25,8 @@ the inner loop has no per-row work at all; so do rows of C channels (BatchNorm1d
 channels-last input), grouped a few rows to a slab. The element-wise passes over such short
 rows (BatchNorm1d, channels-last, slabs with L < 32) run as long rows with one row of
 per-position parameters (``affine_periodic``, ``bwd_apply_periodic``).
-Reductions walk their block's units like an odometer (chunk, c, n): a ``prange`` iteration
-costs far more than a loop iteration, and decoding a unit index takes integer divisions, so
+Reductions walk their block's units like an odometer (chunk, c, n): a block costs far more
+than a loop iteration, and decoding a unit index takes integer divisions, so
 each block decodes its first unit once. Element-wise passes take whole rows only, in nested
 (n, c) loops (on rows of 64 the odometer and the piece slicing cost 30% of the pass): the
 backend cuts few long rows into pieces by viewing (N, C, L) as (N, C * k, L / k).
@@ -43,11 +45,11 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from ._blocks import parallel_blocks
 from ._common import (
     HELPER,
-    KERNEL,
     acc_dot2_centered,
     acc_sums_shifted,
     affine_row,
@@ -180,14 +182,19 @@ def _units_block(x, k, nchunk, p1, p2, b):
         n, c, ch = _next_unit(n, c, ch, nchunk, c_)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _units_body(b, a):
+    x, k, nchunk, p1, p2 = a
+    _units_block(x, k, nchunk, p1, p2, b)
+
+
+@njit(**HELPER)
 def moments_ncl(x, nchunk, p1, p2):
     """Per-channel (mean, var) of (N, C, L) rows cut into ``nchunk`` pieces each, in x's dtype,
     via shifted sums into p1, p2 of shape (blocks, C, FOLD)."""
     x = borrow(x)
     k = _first_samples(x)
-    for b in prange(p1.shape[0]):
-        _units_block(x, k, nchunk, p1, p2, b)
+    parallel_blocks(_units_body, p1.shape[0], (x, k, nchunk, p1, p2))
     mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
     return cast(mean, x.dtype), cast(var, x.dtype)
 
@@ -209,15 +216,20 @@ def _rows_block(x, k, p1, p2, q1, q2, b):
     vrows0(x, x, k, b * rows // nblk, (b + 1) * rows // nblk, p1[b], p2[b], q1[b], q2[b])
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _rows_body(b, a):
+    x, k, p1, p2, q1, q2 = a
+    _rows_block(x, k, p1, p2, q1, q2, b)
+
+
+@njit(**HELPER)
 def moments_ncl_rows(x, nblk):
     """moments_ncl over whole contiguous rows of up to 512 elements: each block sums its range
     of (n, c) rows in one intrinsic call (vrows0), with no per-row slicing or odometer in numba."""
     x = borrow(x)
     k = _first_samples(x)
     p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
-    for b in prange(nblk):
-        _rows_block(x, k, p1, p2, q1, q2, b)
+    parallel_blocks(_rows_body, nblk, (x, k, p1, p2, q1, q2))
     mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
     return cast(mean, x.dtype), cast(var, x.dtype)
 
@@ -311,15 +323,20 @@ def _strips_block(x, kp, inner, o1, o2, s1, s2, b):
     _onto_channels(o1, o2, s1, s2, b, inner)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _strips_body(b, a):
+    x, kp, inner, o1, o2, s1, s2 = a
+    _strips_block(x, kp, inner, o1, o2, s1, s2, b)
+
+
+@njit(**HELPER)
 def moments_ncl_strips(x, c_, inner, nblk):
     """moments_ncl over slabs of C channels by strips of positions (see _strips_block)."""
     x = borrow(x)
     k = _slab_shifts(x, c_)
     kp = _position_shifts(x, c_, inner, k)
     o1, o2, s1, s2 = _strip_partials(nblk, x.shape[1] * x.shape[2], c_)
-    for b in prange(nblk):
-        _strips_block(x, kp, inner, o1, o2, s1, s2, b)
+    parallel_blocks(_strips_body, nblk, (x, kp, inner, o1, o2, s1, s2))
     mean, var = _moments(s1, s2, k, x.size // c_)
     return cast(mean, x.dtype), cast(var, x.dtype)
 
@@ -366,15 +383,28 @@ def _affine_block(x, y, mu, scale, shift, b, nblk):
     _affine_rows(x, y, mu, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, False)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _affine_body(b, a):
+    x, y, mu, scale, shift, nblk = a
+    _affine_block(x, y, mu, scale, shift, b, nblk)
+
+
+@njit(inline="always", **HELPER)
+def _affine_nt_body(b, a):
+    x, y, mu, scale, shift, nblk = a
+    rows = x.shape[0] * x.shape[1]
+    _affine_rows(x, y, mu, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, True)
+    store_fence()
+
+
+@njit(**HELPER)
 def affine_ncl(x, mean, var, eps, weight, bias, y, nblk):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * weight[c] + bias[c] as one multiply-add, whole
     rows, cached stores. Whole rows only: the backend hands few long rows over cut into pieces
     (a (N, C * k, L / k) view, the statistics repeated)."""
     x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
-    for b in prange(nblk):
-        _affine_block(x, y, mu, scale, shift, b, nblk)
+    parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
 
 
 # ---------------------------------------------------------------- periodic rows
@@ -440,25 +470,35 @@ def _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, stream):
         vaffine_each(xt, yt, cr, ar, sr, stream)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _periodic_body(b, a):
+    x2, y2, ends, cr, ar, sr, nblk = a
+    _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, False)
+
+
+@njit(inline="always", **HELPER)
+def _periodic_nt_body(b, a):
+    x2, y2, ends, cr, ar, sr, nblk = a
+    _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, True)
+    store_fence()
+
+
+@njit(**HELPER)
 def affine_periodic(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_ncl over (G, Q) rows of periodic channels (see above)."""
     x2, y2 = borrow((x2, y2))
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
                                 ends[0].size)
-    for b in prange(nblk):
-        _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, False)
+    parallel_blocks(_periodic_body, nblk, (x2, y2, ends, cr, ar, sr, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def affine_periodic_nt(x2, ends, mean, var, eps, weight, bias, inner, y2, nblk):
     """affine_periodic with non-temporal stores."""
     x2, y2 = borrow((x2, y2))
     cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
                                 ends[0].size)
-    for b in prange(nblk):
-        _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk, True)
-        store_fence()
+    parallel_blocks(_periodic_nt_body, nblk, (x2, y2, ends, cr, ar, sr, nblk))
 
 
 @njit(inline="always", **HELPER)
@@ -487,32 +527,41 @@ def _grad_periodic_block(dy2, x2, dx2, p, b, nblk, stream):
         vgrad_each(dy2[r], x2[r], dx2[r], p[0], p[1], p[2], p[3], stream)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _grad_periodic_body(b, a):
+    dy2, x2, dx2, p, nblk = a
+    _grad_periodic_block(dy2, x2, dx2, p, b, nblk, False)
+
+
+@njit(inline="always", **HELPER)
+def _grad_periodic_nt_body(b, a):
+    dy2, x2, dx2, p, nblk = a
+    _grad_periodic_block(dy2, x2, dx2, p, b, nblk, True)
+    store_fence()
+
+
+@njit(**HELPER)
 def bwd_apply_periodic(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_ncl over (G, Q) rows of periodic channels (as affine_periodic)."""
     dy2, x2, dx2 = borrow((dy2, x2, dx2))
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
-    for b in prange(nblk):
-        _grad_periodic_block(dy2, x2, dx2, p, b, nblk, False)
+    parallel_blocks(_grad_periodic_body, nblk, (dy2, x2, dx2, p, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def bwd_apply_periodic_nt(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     """bwd_apply_periodic with non-temporal stores."""
     dy2, x2, dx2 = borrow((dy2, x2, dx2))
     p = _repeat_rows(x2.shape[1], inner, a, k2, mu, k3)
-    for b in prange(nblk):
-        _grad_periodic_block(dy2, x2, dx2, p, b, nblk, True)
-        store_fence()
+    parallel_blocks(_grad_periodic_nt_body, nblk, (dy2, x2, dx2, p, nblk))
 
 
 # Training forward in one call: statistics, then the normalize pass with them (float64, not yet
 # rounded to the statistics' dtype), one compiled call instead of two. For cache-sized inputs,
 # where a layer call's fixed costs show: measured (2 threads) BatchNorm2d (256, 64, 8, 8) float32
 # 108 -> 96 us, (8, 256, 28, 28) 170 -> 160 us, (2, 4, 2, 2) 16.5 -> 9.3 us.
-# The two passes are one prange loop run twice (``phase`` 0: block b's sums; 1: its rows
-# normalized), with the statistics finished in between: numba compiles every prange loop into a
-# parallel function of its own, which cost 0.25 s of the cold first call (2.4 -> 2.2 s).
+# The two passes are two parallel_blocks calls (block b's sums, then its rows normalized), with
+# the statistics finished in between.
 # They also update the running statistics (rm, rv: new_mean, new_var; rm empty: no update), as
 # running_update after them would, which saves that kernel's call and its compile.
 
@@ -531,27 +580,20 @@ def _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var):
     return m, v
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
               new_mean, new_var):
     """moments_ncl, then affine_ncl into y with the float64 statistics."""
     x, y = borrow((x, y))
     k = _first_samples(x)
-    mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
-            mu, scale, shift = _centered(mean, var, eps, weight, bias)
-        for b in prange(max(nblk, p1.shape[0])):
-            if phase == 0:
-                if b < p1.shape[0]:
-                    _units_block(x, k, nchunk, p1, p2, b)
-            elif b < nblk:
-                _affine_block(x, y, mu, scale, shift, b, nblk)
+    parallel_blocks(_units_body, p1.shape[0], (x, k, nchunk, p1, p2))
+    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                      new_mean, new_var):
     """moments_ncl_strips of (N, C, L) with contiguous (C, L) slabs, then affine_ncl into y with
@@ -562,20 +604,14 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction
     k = _slab_shifts(x, c_)
     kp = _position_shifts(x, c_, l_, k)
     o1, o2, s1, s2 = _strip_partials(nblk, c_ * l_, c_)
-    mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            mean, var = _moments(s1, s2, k, x.shape[0] * l_)
-            mu, scale, shift = _centered(mean, var, eps, weight, bias)
-        for b in prange(nblk):
-            if phase == 0:
-                _strips_block(x, kp, l_, o1, o2, s1, s2, b)
-            else:
-                _affine_block(x, y, mu, scale, shift, b, nblk)
+    parallel_blocks(_strips_body, nblk, (x, kp, l_, o1, o2, s1, s2))
+    mean, var = _moments(s1, s2, k, x.shape[0] * l_)
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk, nblk2, rm, rv,
                    momentum, correction, new_mean, new_var):
     """moments_ncl_strips over the slabs xs, then affine_periodic over x2 (the (G, Q) view of the
@@ -585,52 +621,34 @@ def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk
     k = _slab_shifts(xs, c_)
     kp = _position_shifts(xs, c_, inner_s, k)
     o1, o2, s1, s2 = _strip_partials(nblk, xs.shape[1] * xs.shape[2], c_)
-    mean = var = k  # (set in phase 1, before their first use)
-    cr = ar = sr = kp
-    nb = nblk
-    for phase in range(2):
-        if phase == 1:
-            mean, var = _moments(s1, s2, k, xs.size // c_)
-            cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
-                                        ends[0].size)
-            nb = nblk2
-        for b in prange(nb):
-            if phase == 0:
-                _strips_block(xs, kp, inner_s, o1, o2, s1, s2, b)
-            else:
-                _periodic_block(x2, y2, ends, cr, ar, sr, b, nblk2, False)
+    parallel_blocks(_strips_body, nblk, (xs, kp, inner_s, o1, o2, s1, s2))
+    mean, var = _moments(s1, s2, k, xs.size // c_)
+    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
+                                ends[0].size)
+    parallel_blocks(_periodic_body, nblk2, (x2, y2, ends, cr, ar, sr, nblk2))
     return _batch_out(xs, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                    new_mean, new_var):
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
     x, y = borrow((x, y))
     k = _first_samples(x)
     p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
-    mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
-            mu, scale, shift = _centered(mean, var, eps, weight, bias)
-        for b in prange(nblk):
-            if phase == 0:
-                _rows_block(x, k, p1, p2, q1, q2, b)
-            else:
-                _affine_block(x, y, mu, scale, shift, b, nblk)
+    parallel_blocks(_rows_body, nblk, (x, k, p1, p2, q1, q2))
+    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
     """affine_ncl with non-temporal stores."""
     x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
-    rows = x.shape[0] * x.shape[1]
-    for b in prange(nblk):
-        _affine_rows(x, y, mu, scale, shift, b * rows // nblk, (b + 1) * rows // nblk, True)
-        store_fence()
+    parallel_blocks(_affine_nt_body, nblk, (x, y, mu, scale, shift, nblk))
 
 
 @njit(inline="always", **HELPER)
@@ -647,28 +665,40 @@ def _onto_mu(dy, x, mu, pb, pw):
             pw[0, c, 0] += d * s
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _units_grad_body(b, a):
+    dy, x, mu, nchunk, pb, pw = a
+    n_, c_, _ = x.shape
+    nblk = pb.shape[0]
+    units = n_ * c_ * nchunk
+    u0 = b * units // nblk
+    u1 = (b + 1) * units // nblk
+    n, c, ch = _unit(u0, nchunk, c_)
+    a1 = pb[b]
+    a2 = pw[b]
+    for _ in range(u0, u1):
+        acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
+        n, c, ch = _next_unit(n, c, ch, nchunk, c_)
+
+
+@njit(**HELPER)
 def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
     """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed into pb, pw of shape
     (blocks, C, FOLD) as moments_ncl; the second about lane_shift(x, mu) (see acc_dot2_centered)."""
     dy, x = borrow((dy, x))
-    n_, c_, _ = x.shape
-    nblk = pb.shape[0]
-    units = n_ * c_ * nchunk
-    for b in prange(nblk):
-        u0 = b * units // nblk
-        u1 = (b + 1) * units // nblk
-        n, c, ch = _unit(u0, nchunk, c_)
-        a1 = pb[b]
-        a2 = pw[b]
-        for _ in range(u0, u1):
-            acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
-            n, c, ch = _next_unit(n, c, ch, nchunk, c_)
+    n_ = x.shape[0]
+    parallel_blocks(_units_grad_body, pb.shape[0], (dy, x, mu, nchunk, pb, pw))
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * x.shape[2], batch_stats)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _rows_grad_body(b, a):
+    dy, x, mu, pb, pw, q1, q2, rows, nblk = a
+    vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, pb[b], pw[b], q1[b], q2[b])
+
+
+@njit(**HELPER)
 def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
     """bwd_reduce_ncl for whole contiguous rows of up to 512 elements (vrows1, as
     moments_ncl_rows)."""
@@ -676,13 +706,23 @@ def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
     n_, c_, l_ = x.shape
     rows = n_ * c_
     pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
-    for b in prange(nblk):
-        vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, pb[b], pw[b], q1[b], q2[b])
+    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, q1, q2, rows, nblk))
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _strips_grad_body(b, a):
+    dy, x, kp, q, o1, o2, pb, pw, inner = a
+    n_ = x.shape[0]
+    nblk = o1.shape[0]
+    width = STRIP_WIDE if q >= STRIP_WIDE else STRIP_NARROW  # as vstrip1 chooses
+    for j0 in range(0, q, width):
+        vstrip1(x, dy, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
+    _onto_channels(o1, o2, pb, pw, b, inner)
+
+
+@njit(**HELPER)
 def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, inner, nblk):
     """bwd_reduce_ncl over slabs of positions of x and dy by strips (vstrip1, as
     moments_ncl_strips; C = mu's length); dy and x of one dtype."""
@@ -695,11 +735,7 @@ def bwd_reduce_ncl_strips(dy, x, mu, var, eps, weight, batch_stats, inner, nblk)
         shift[c] = lane_shift(dy, x, mu[c])
     kp = _position_shifts(x, c_, inner, shift)
     o1, o2, pb, pw = _strip_partials(nblk, q, c_)
-    width = STRIP_WIDE if q >= STRIP_WIDE else STRIP_NARROW  # as vstrip1 chooses
-    for b in prange(nblk):
-        for j0 in range(0, q, width):
-            vstrip1(x, dy, kp, b * n_ // nblk, (b + 1) * n_ // nblk, j0, o1[b], o2[b])
-        _onto_channels(o1, o2, pb, pw, b, inner)
+    parallel_blocks(_strips_grad_body, nblk, (dy, x, kp, q, o1, o2, pb, pw, inner))
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * q // c_, batch_stats)
 
@@ -716,47 +752,47 @@ def _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, stream):
             grad_row(dyn[c], xn[c], dxn[c], a[c], k2[c], mu[c], k3[c], stream)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _grad_body(b, a):
+    dy, x, mu, ak, k2, k3, dx, rows, nblk = a
+    _grad_rows(dy, x, mu, ak, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, False)
+
+
+@njit(inline="always", **HELPER)
+def _grad_nt_body(b, a):
+    dy, x, mu, ak, k2, k3, dx, rows, nblk = a
+    _grad_rows(dy, x, mu, ak, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, True)
+    store_fence()
+
+
+@njit(**HELPER)
 def bwd_apply_ncl(dy, x, mu, a, k2, k3, dx, nblk):
     """dx = a[c] * dy - k2[c] * (x - mu[c]) - k3[c], whole rows (as affine_ncl)."""
     dy, x, dx = borrow((dy, x, dx))
     rows = x.shape[0] * x.shape[1]
-    for b in prange(nblk):
-        _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, False)
+    parallel_blocks(_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, rows, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def bwd_apply_ncl_nt(dy, x, mu, a, k2, k3, dx, nblk):
     """bwd_apply_ncl with non-temporal stores."""
     dy, x, dx = borrow((dy, x, dx))
     rows = x.shape[0] * x.shape[1]
-    for b in prange(nblk):
-        _grad_rows(dy, x, mu, a, k2, k3, dx, b * rows // nblk, (b + 1) * rows // nblk, True)
-        store_fence()
+    parallel_blocks(_grad_nt_body, nblk, (dy, x, mu, a, k2, k3, dx, rows, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def bwd_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
-    """bwd_reduce_ncl_rows, then bwd_apply_ncl into dx (cached stores), in one call: the prange
-    loop run twice as in the fused forwards (one parallel function to compile, not two, and
-    one call less for a small layer). Returns (dbias, dweight)."""
+    """bwd_reduce_ncl_rows, then bwd_apply_ncl into dx (cached stores), in one call. Returns
+    (dbias, dweight)."""
     dy, x, dx = borrow((dy, x, dx))
     n_, c_, l_ = x.shape
     rows = n_ * c_
     pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
-    dbias = dweight = a = k2 = k3 = mu  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            _onto_mu(dy, x, mu, pb, pw)
-            dbias, dweight, a, k2, k3 = _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_,
-                                                     batch_stats)
-        for b in prange(nblk):
-            r0 = b * rows // nblk
-            r1 = (b + 1) * rows // nblk
-            if phase == 0:
-                vrows1(x, dy, mu, r0, r1, pb[b], pw[b], q1[b], q2[b])
-            else:
-                _grad_rows(dy, x, mu, a, k2, k3, dx, r0, r1, False)
+    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, q1, q2, rows, nblk))
+    _onto_mu(dy, x, mu, pb, pw)
+    dbias, dweight, a, k2, k3 = _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
+    parallel_blocks(_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, rows, nblk))
     return dbias, dweight
 
 
@@ -817,12 +853,17 @@ def _nlc_moments(p1, p2, k, m):
     return _moments(p1.reshape((nblk, c_, 1)), p2.reshape((nblk, c_, 1)), k, m)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _nlc_sums_body(b, a):
+    x, k, p1, p2 = a
+    _nlc_sums_block(x, k, p1, p2, b)
+
+
+@njit(**HELPER)
 def moments_nlc(x, k, p1, p2):
     """moments_ncl for the channels-last view; zeroed partials of shape (blocks, C)."""
     x = borrow(x)
-    for b in prange(p1.shape[0]):
-        _nlc_sums_block(x, k, p1, p2, b)
+    parallel_blocks(_nlc_sums_body, p1.shape[0], (x, k, p1, p2))
     mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
     return cast(mean, x.dtype), cast(var, x.dtype)
 
@@ -846,15 +887,20 @@ def _nlc_affine_block(x, y, mu, scale, shift, b, nblk):
             n += 1
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _nlc_affine_body(b, a):
+    x, y, mu, scale, shift, nblk = a
+    _nlc_affine_block(x, y, mu, scale, shift, b, nblk)
+
+
+@njit(**HELPER)
 def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
     x, y = borrow((x, y))
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
-    for b in prange(nblk):
-        _nlc_affine_block(x, y, mu, scale, shift, b, nblk)
+    parallel_blocks(_nlc_affine_body, nblk, (x, y, mu, scale, shift, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_mean, new_var):
     """moments_nlc, then affine_nlc into y with the float64 statistics (the fused forwards of
     the (N, C, L) layout above, for channels-last input too small for the strip kernels: a
@@ -866,19 +912,14 @@ def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_m
         k[c] = x[0, 0, c]
     p1 = empty((nblk, c_), np.float64)
     p2 = empty((nblk, c_), np.float64)
-    mean = var = mu = scale = shift = k  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
-            mu, scale, shift = _centered(mean, var, eps, weight, bias)
-        for b in prange(nblk):
-            if phase == 0:
-                for c in range(c_):
-                    p1[b, c] = 0.0
-                    p2[b, c] = 0.0
-                _nlc_sums_block(x, k, p1, p2, b)
-            else:
-                _nlc_affine_block(x, y, mu, scale, shift, b, nblk)
+    for j in range(nblk):
+        for c in range(c_):
+            p1[j, c] = 0.0
+            p2[j, c] = 0.0
+    parallel_blocks(_nlc_sums_body, nblk, (x, k, p1, p2))
+    mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
+    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    parallel_blocks(_nlc_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
 
 
@@ -928,11 +969,16 @@ def _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
                         weight, m, batch_stats)
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _nlc_grad_sums_body(b, a):
+    dy, x, mu, pb, pw = a
+    _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
+
+
+@njit(**HELPER)
 def bwd_reduce_nlc(dy, x, mu, var, eps, weight, batch_stats, pb, pw):
     dy, x = borrow((dy, x))
-    for b in prange(pb.shape[0]):
-        _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
+    parallel_blocks(_nlc_grad_sums_body, pb.shape[0], (dy, x, mu, pb, pw))
     return _nlc_grad_coeffs(pb, pw, mu, var, eps, weight, x.shape[0] * x.shape[1], batch_stats)
 
 
@@ -956,14 +1002,19 @@ def _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk):
             n += 1
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _nlc_grad_body(b, a):
+    dy, x, mu, ak, k2, k3, dx, nblk = a
+    _nlc_grad_block(dy, x, mu, ak, k2, k3, dx, b, nblk)
+
+
+@njit(**HELPER)
 def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
     dy, x, dx = borrow((dy, x, dx))
-    for b in prange(nblk):
-        _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk)
+    parallel_blocks(_nlc_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, nblk))
 
 
-@njit(**KERNEL)
+@njit(**HELPER)
 def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     """bwd_reduce_nlc, then bwd_apply_nlc into dx, in one call (as bwd_ncl_rows), for
     channels-last input too small for the strip kernels. Returns (dbias, dweight)."""
@@ -971,19 +1022,14 @@ def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     c_ = x.shape[2]
     pb = empty((nblk, c_), np.float64)
     pw = empty((nblk, c_), np.float64)
-    dbias = dweight = a = k2 = k3 = mu  # (set in phase 1, before their first use)
-    for phase in range(2):
-        if phase == 1:
-            dbias, dweight, a, k2, k3 = _nlc_grad_coeffs(pb, pw, mu, var, eps, weight,
-                                                         x.shape[0] * x.shape[1], batch_stats)
-        for b in prange(nblk):
-            if phase == 0:
-                for c in range(c_):
-                    pb[b, c] = 0.0
-                    pw[b, c] = 0.0
-                _nlc_grad_sums_block(dy, x, mu, pb, pw, b)
-            else:
-                _nlc_grad_block(dy, x, mu, a, k2, k3, dx, b, nblk)
+    for j in range(nblk):
+        for c in range(c_):
+            pb[j, c] = 0.0
+            pw[j, c] = 0.0
+    parallel_blocks(_nlc_grad_sums_body, nblk, (dy, x, mu, pb, pw))
+    dbias, dweight, a, k2, k3 = _nlc_grad_coeffs(pb, pw, mu, var, eps, weight,
+                                                 x.shape[0] * x.shape[1], batch_stats)
+    parallel_blocks(_nlc_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, nblk))
     return dbias, dweight
 
 

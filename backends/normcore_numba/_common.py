@@ -14,8 +14,6 @@ editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels
 
 from __future__ import annotations
 
-import types as pytypes
-
 import numba
 from llvmlite import ir
 from numba import njit
@@ -27,9 +25,11 @@ from numba.np.arrayobj import populate_array
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
 from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
 
-#: Options of every parallel kernel. error_model="numpy": division by zero gives inf/nan like the
-#: reference instead of raising. fastmath stays off: results must match the reference bit-for-bit
-#: in the rounding sense and sums must not be reassociated nondeterministically.
+#: Options of the one parallel kernel (``_blocks._run_blocks``; every other kernel is compiled
+#: with HELPER and runs its blocks through it). error_model="numpy": division by zero gives
+#: inf/nan like the reference instead of raising. fastmath stays off: results must match the
+#: reference bit-for-bit in the rounding sense and sums must not be reassociated
+#: nondeterministically.
 #: parallel: explicit prange loops only. The kernels write no array expressions to fuse, and the
 #: other parfor passes (array expressions, np.* calls, reductions) only cost compile time. Given as
 #: a ParallelOptions object, not a dict: numba pops the keys out of a dict at every compile
@@ -98,7 +98,7 @@ def borrow(typingctx, arrays):
 
     Why: numba counts references on every array view it makes (``x[n, g]`` is one), with an
     atomic increment and decrement on the owner's meminfo. A kernel's rows are views, so a
-    serial twin (see SerialKernels) paid about 25 ns per row for them: LayerNorm forward of
+    kernel compiled without ``parallel`` paid about 25 ns per row for them: LayerNorm forward of
     (1024, 64) float32 on one thread took 60 us, 24 us with its arrays borrowed. The caller
     keeps the arguments alive for the call; a kernel must not return a borrowed array or a view
     of one (it would outlive nothing that owns it)."""
@@ -133,41 +133,6 @@ def cast(a, dtype):
 def nonneg(v):
     """max(v, 0.0) without the overload (NaN stays NaN, as with max)."""
     return 0.0 if v < 0.0 else v
-
-
-# ---------------------------------------------------------------- serial twins
-class SerialKernels:
-    """A kernel module's parallel kernels compiled without ``parallel`` (``prange`` runs as
-    ``range`` on the calling thread), each on its first use; other attributes pass through.
-
-    Why: starting a parallel region costs about 2 us (the fused BatchNorm forward starts two),
-    more than a small input's whole pass. A twin is the same Python function under the name
-    ``<kernel>_serial``: numba's disk cache keys entries on the function's name and signature,
-    not on its options, so a twin of the same name would load the parallel build, or the other
-    way round. Called with one block, a twin does the same operations as its parallel kernel
-    with one thread, so their results are equal bit for bit."""
-
-    def __init__(self, module: pytypes.ModuleType) -> None:
-        self._module = module
-        self._twins: dict[object, object] = {}  # parallel dispatcher -> its twin
-
-    def __getattr__(self, name: str):
-        # looked up in the module on every call (a test may swap a kernel there for a while)
-        value = getattr(self._module, name)
-        twin = self._twins.get(value)
-        if twin is not None:
-            return twin
-        options = getattr(value, "targetoptions", None)
-        if not (isinstance(options, dict) and "parallel" in options):
-            return value
-        f = value.py_func
-        twin = pytypes.FunctionType(f.__code__, f.__globals__, f"{f.__name__}_serial",
-                                    f.__defaults__, f.__closure__)
-        twin.__qualname__ = f"{f.__qualname__}_serial"
-        twin.__module__ = f.__module__
-        twin.__doc__ = f.__doc__
-        twin = self._twins[value] = njit(**HELPER)(twin)
-        return twin
 
 
 @njit(**HELPER)

@@ -3,16 +3,17 @@
 Bandwidth accounting per element (s = itemsize): read x, write y -> 2s, like a copy; the hash
 (two 64-bit multiplies) is computed, never stored, so no mask array is read or written. All
 arithmetic is uint64 (constants typed np.uint64 so numba never promotes to float), matching
-``normcore.backend.splitmix64`` bit for bit. Elements are independent: ``prange`` over blocks.
+``normcore.backend.splitmix64`` bit for bit. Elements are independent: one block per thread.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import HELPER, KERNEL, borrow
+from ._blocks import parallel_blocks
+from ._common import HELPER, borrow
 
 _C0 = np.uint64(0x9E3779B97F4A7C15)
 _C1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -31,16 +32,20 @@ def splitmix64(z):
     return z ^ (z >> _S31)
 
 
-@njit(**KERNEL)
-def dropout_flat(x, seed, thr, scale, y):
-    """y[i] = x[i] * scale if keep(i) else 0, for 1-D C-order x and y."""
-    x, y = borrow((x, y))
+@njit(inline="always", **HELPER)
+def _dropout_body(b, a):
+    x, seed, thr, scale, y, nblk = a
     n = x.shape[0]
-    nblk = (n + 4095) // 4096
-    for b in prange(nblk):
-        for i in range(b * 4096, min(n, (b + 1) * 4096)):
-            h = splitmix64(seed ^ splitmix64(numba.uint64(i)))
-            if (h >> _S40) >= thr:
-                y[i] = numba.float64(x[i]) * scale
-            else:
-                y[i] = 0.0
+    for i in range(b * n // nblk, (b + 1) * n // nblk):
+        h = splitmix64(seed ^ splitmix64(numba.uint64(i)))
+        if (h >> _S40) >= thr:
+            y[i] = numba.float64(x[i]) * scale
+        else:
+            y[i] = 0.0
+
+
+@njit(**HELPER)
+def dropout_flat(x, seed, thr, scale, y, nblk):
+    """y[i] = x[i] * scale if keep(i) else 0, for 1-D C-order x and y, in nblk blocks."""
+    x, y = borrow((x, y))
+    parallel_blocks(_dropout_body, nblk, (x, seed, thr, scale, y, nblk))

@@ -33,11 +33,11 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from ._blocks import parallel_blocks
 from ._common import (
     HELPER,
-    KERNEL,
     affine_row,
     affine_row_sums,
     borrow,
@@ -63,154 +63,177 @@ def _moments(s1, s2, k, m, center):
     return 0.0, s2 / m
 
 
-@njit(**KERNEL)
+@njit(inline="always", **HELPER)
+def _fwd3_body(blk, a):
+    x, w, b, eps, center, y, nblk, stream, mean, var = a
+    n_, g_, d_ = x.shape
+    rows = n_ * g_
+    r0 = blk * rows // nblk
+    r1 = (blk + 1) * rows // nblk
+    if r0 < r1:
+        n = r0 // g_
+        g = r0 - n * g_
+        k = numba.float64(x[n, g, 0]) if center else 0.0
+        s1, s2 = sums_shifted(x[n, g], k)
+        for r in range(r0, r1):
+            n = r // g_
+            g = r - n * g_
+            mu, v = _moments(s1, s2, k, d_, center)
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd = 1.0 / math.sqrt(v + eps)
+            if r + 1 < r1:
+                nn = (r + 1) // g_
+                ng = r + 1 - nn * g_
+                k = numba.float64(x[nn, ng, 0]) if center else 0.0
+                s1, s2 = norm_row_sums(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream,
+                                       x[nn, ng], k)
+            else:
+                norm_row(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream)
+        if stream:
+            store_fence()
+
+
+@njit(**HELPER)
 def fwd3(x, w, b, eps, center, y, nblk, stream):
     """Each block sums its first row, then normalizes row r in the same loop that sums row r + 1
     (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums)."""
     x, w, b, y = borrow((x, w, b, y))
-    n_, g_, d_ = x.shape
-    rows = n_ * g_
+    n_, g_, _ = x.shape
     mean = empty((n_, g_), np.float64)
     var = empty((n_, g_), np.float64)
-    for blk in prange(nblk):
-        r0 = blk * rows // nblk
-        r1 = (blk + 1) * rows // nblk
-        if r0 < r1:
-            n = r0 // g_
-            g = r0 - n * g_
-            k = numba.float64(x[n, g, 0]) if center else 0.0
-            s1, s2 = sums_shifted(x[n, g], k)
-            for r in range(r0, r1):
-                n = r // g_
-                g = r - n * g_
-                mu, v = _moments(s1, s2, k, d_, center)
-                mean[n, g] = mu
-                var[n, g] = v
-                rstd = 1.0 / math.sqrt(v + eps)
-                if r + 1 < r1:
-                    nn = (r + 1) // g_
-                    ng = r + 1 - nn * g_
-                    k = numba.float64(x[nn, ng, 0]) if center else 0.0
-                    s1, s2 = norm_row_sums(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream,
-                                           x[nn, ng], k)
-                else:
-                    norm_row(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream)
-            if stream:
-                store_fence()
+    parallel_blocks(_fwd3_body, nblk, (x, w, b, eps, center, y, nblk, stream, mean, var))
     return mean, var
 
 
-@njit(**KERNEL)
-def fwd4(x, w, b, eps, center, y, nblk, stream):
-    """fwd3 for L > 1: a row is D lines of L with one scale and shift per line."""
-    x, w, b, y = borrow((x, w, b, y))
-    n_, g_, d_, _ = x.shape
+@njit(inline="always", **HELPER)
+def _fwd4_body(blk, a):
+    x, w, b, eps, center, y, nblk, stream, mean, var = a
+    n_, g_, d_, l_ = x.shape
     rows = n_ * g_
-    m_ = d_ * x.shape[3]
-    mean = empty((n_, g_), np.float64)
-    var = empty((n_, g_), np.float64)
-    for blk in prange(nblk):
-        r0 = blk * rows // nblk
-        r1 = (blk + 1) * rows // nblk
-        if r0 < r1:
-            n = r0 // g_
-            g = r0 - n * g_
-            k = numba.float64(x[n, g, 0, 0]) if center else 0.0
+    m_ = d_ * l_
+    r0 = blk * rows // nblk
+    r1 = (blk + 1) * rows // nblk
+    if r0 < r1:
+        n = r0 // g_
+        g = r0 - n * g_
+        k = numba.float64(x[n, g, 0, 0]) if center else 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for d in range(d_):
+            a1, a2 = sums_shifted(x[n, g, d], k)
+            s1 += a1
+            s2 += a2
+        for r in range(r0, r1):
+            n = r // g_
+            g = r - n * g_
+            mu, v = _moments(s1, s2, k, m_, center)
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd = 1.0 / math.sqrt(v + eps)
+            last = r + 1 == r1
+            nn = (r + 1) // g_
+            ng = r + 1 - nn * g_
+            if not last:
+                k = numba.float64(x[nn, ng, 0, 0]) if center else 0.0
             s1 = 0.0
             s2 = 0.0
             for d in range(d_):
-                a1, a2 = sums_shifted(x[n, g, d], k)
-                s1 += a1
-                s2 += a2
-            for r in range(r0, r1):
-                n = r // g_
-                g = r - n * g_
-                mu, v = _moments(s1, s2, k, m_, center)
-                mean[n, g] = mu
-                var[n, g] = v
-                rstd = 1.0 / math.sqrt(v + eps)
-                last = r + 1 == r1
-                nn = (r + 1) // g_
-                ng = r + 1 - nn * g_
-                if not last:
-                    k = numba.float64(x[nn, ng, 0, 0]) if center else 0.0
-                s1 = 0.0
-                s2 = 0.0
-                for d in range(d_):
-                    sc = rstd * w[g, d]
-                    if last:
-                        affine_row(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream)
-                    else:
-                        a1, a2 = affine_row_sums(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream,
-                                                 x[nn, ng, d], k)
-                        s1 += a1
-                        s2 += a2
-            if stream:
-                store_fence()
-    return mean, var
-
-
-@njit(**KERNEL)
-def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
-    dy, x, w, dx = borrow((dy, x, w, dx))
-    n_, g_, d_ = x.shape
-    rows = n_ * g_
-    nblk = pw.shape[0]
-    for blk in prange(nblk):
-        # this block's own (G, D) partials: no element is shared with another block. (No array
-        # expressions or np.zeros inside prange: numba turns them into nested parfors, which
-        # multiplies compile time.)
-        aw = pw[blk]
-        ab = pb[blk]
-        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
-            n = r // g_
-            g = r - n * g_
-            mu = numba.float64(mean[n, g])
-            rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
-            xr = x[n, g]
-            dyr = dy[n, g]
-            wr = w[g]
-            sg, sgx = wdot2_centered(dyr, xr, wr, mu)
-            k2 = rstd * rstd * rstd * sgx / d_
-            k3 = rstd * sg / d_ if center else 0.0
-            awr = aw[g]
-            abr = ab[g]
-            dxr = dx[n, g]
-            # two simple loops rather than one fused loop: fewer arrays per loop means fewer
-            # runtime alias checks for the vectorizer (compile time), and the row is in L1
-            for i in range(d_):
-                t = numba.float64(dyr[i])
-                abr[i] += t
-                awr[i] += t * ((numba.float64(xr[i]) - mu) * rstd)
-            gradw_row(dyr, xr, wr, dxr, rstd, k2, mu, k3, stream)
+                sc = rstd * w[g, d]
+                if last:
+                    affine_row(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream)
+                else:
+                    a1, a2 = affine_row_sums(x[n, g, d], y[n, g, d], mu, sc, b[g, d], stream,
+                                             x[nn, ng, d], k)
+                    s1 += a1
+                    s2 += a2
         if stream:
             store_fence()
 
 
-@njit(**KERNEL)
-def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+@njit(**HELPER)
+def fwd4(x, w, b, eps, center, y, nblk, stream):
+    """fwd3 for L > 1: a row is D lines of L with one scale and shift per line."""
+    x, w, b, y = borrow((x, w, b, y))
+    n_, g_ = x.shape[0], x.shape[1]
+    mean = empty((n_, g_), np.float64)
+    var = empty((n_, g_), np.float64)
+    parallel_blocks(_fwd4_body, nblk, (x, w, b, eps, center, y, nblk, stream, mean, var))
+    return mean, var
+
+
+@njit(inline="always", **HELPER)
+def _bwd3_body(blk, a):
+    dy, x, mean, var, eps, w, center, dx, pw, pb, stream = a
+    n_, g_, d_ = x.shape
+    rows = n_ * g_
+    nblk = pw.shape[0]
+    # this block's own (G, D) partials: no element is shared with another block. (No array
+    # expressions or np.zeros inside prange: numba turns them into nested parfors, which
+    # multiplies compile time.)
+    aw = pw[blk]
+    ab = pb[blk]
+    for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+        n = r // g_
+        g = r - n * g_
+        mu = numba.float64(mean[n, g])
+        rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
+        xr = x[n, g]
+        dyr = dy[n, g]
+        wr = w[g]
+        sg, sgx = wdot2_centered(dyr, xr, wr, mu)
+        k2 = rstd * rstd * rstd * sgx / d_
+        k3 = rstd * sg / d_ if center else 0.0
+        awr = aw[g]
+        abr = ab[g]
+        dxr = dx[n, g]
+        # two simple loops rather than one fused loop: fewer arrays per loop means fewer
+        # runtime alias checks for the vectorizer (compile time), and the row is in L1
+        for i in range(d_):
+            t = numba.float64(dyr[i])
+            abr[i] += t
+            awr[i] += t * ((numba.float64(xr[i]) - mu) * rstd)
+        gradw_row(dyr, xr, wr, dxr, rstd, k2, mu, k3, stream)
+    if stream:
+        store_fence()
+
+
+@njit(**HELPER)
+def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
     dy, x, w, dx = borrow((dy, x, w, dx))
+    parallel_blocks(_bwd3_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream))
+
+
+
+@njit(inline="always", **HELPER)
+def _bwd4_body(blk, a):
+    dy, x, mean, var, eps, w, center, dx, pw, pb, stream = a
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
     nblk = pw.shape[0]
-    for blk in prange(nblk):
-        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
-            n = r // g_
-            g = r - n * g_
-            mu = numba.float64(mean[n, g])
-            rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
-            sg = 0.0
-            sgx = 0.0
-            for d in range(d_):
-                a1, a2 = dot2_centered(dy[n, g, d], x[n, g, d], mu)
-                pb[blk, g, d] += a1
-                pw[blk, g, d] += a2 * rstd
-                sg += w[g, d] * a1
-                sgx += w[g, d] * a2
-            k2 = rstd * rstd * rstd * sgx / m_
-            k3 = rstd * sg / m_ if center else 0.0
-            for d in range(d_):
-                grad_row(dy[n, g, d], x[n, g, d], dx[n, g, d], rstd * w[g, d], k2, mu, k3, stream)
-        if stream:
-            store_fence()
+    for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+        n = r // g_
+        g = r - n * g_
+        mu = numba.float64(mean[n, g])
+        rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
+        sg = 0.0
+        sgx = 0.0
+        for d in range(d_):
+            a1, a2 = dot2_centered(dy[n, g, d], x[n, g, d], mu)
+            pb[blk, g, d] += a1
+            pw[blk, g, d] += a2 * rstd
+            sg += w[g, d] * a1
+            sgx += w[g, d] * a2
+        k2 = rstd * rstd * rstd * sgx / m_
+        k3 = rstd * sg / m_ if center else 0.0
+        for d in range(d_):
+            grad_row(dy[n, g, d], x[n, g, d], dx[n, g, d], rstd * w[g, d], k2, mu, k3, stream)
+    if stream:
+        store_fence()
+
+
+@njit(**HELPER)
+def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+    dy, x, w, dx = borrow((dy, x, w, dx))
+    parallel_blocks(_bwd4_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream))

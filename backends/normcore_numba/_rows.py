@@ -3,8 +3,8 @@
 Bandwidth accounting per element (s = itemsize): forward reads x twice (mean, then centered
 sum of squares: an exact two-pass like the reference; the second read hits cache for the small
 rows of a weight tensor) and writes y -> 2s in DRAM terms; backward reads x, dy for the row sums
-and again for dx, writes dx -> 3s. Rows are independent (no cross-row reduction): ``prange``
-over rows, deterministic.
+and again for dx, writes dx -> 3s. Rows are independent (no cross-row reduction): one block per thread
+over blocks of rows (``_blocks.parallel_blocks``), deterministic.
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from ._common import KERNEL, borrow, dot2_centered, empty, sums_shifted
+from ._blocks import parallel_blocks
+from ._common import HELPER, borrow, dot2_centered, empty, sums_shifted
 
 
-@njit(**KERNEL)
-def standardize(x, eps, ddof, eps_in_root, y):
-    x, y = borrow((x, y))
+@njit(inline="always", **HELPER)
+def _standardize_body(b, a):
+    x, eps, ddof, eps_in_root, y, mean, denom, nblk = a
     r_, k_ = x.shape
-    mean = empty(r_, np.float64)
-    denom = empty(r_, np.float64)
     n = k_ - ddof
-    for r in prange(r_):
+    for r in range(b * r_ // nblk, (b + 1) * r_ // nblk):
         xr = x[r]
         s1, _ = sums_shifted(xr, 0.0)
         mu = s1 / k_
@@ -38,15 +37,24 @@ def standardize(x, eps, ddof, eps_in_root, y):
         yr = y[r]
         for i in range(k_):
             yr[i] = (numba.float64(xr[i]) - mu) * inv
+
+
+@njit(**HELPER)
+def standardize(x, eps, ddof, eps_in_root, y, nblk):
+    x, y = borrow((x, y))
+    r_ = x.shape[0]
+    mean = empty(r_, np.float64)
+    denom = empty(r_, np.float64)
+    parallel_blocks(_standardize_body, nblk, (x, eps, ddof, eps_in_root, y, mean, denom, nblk))
     return mean, denom
 
 
-@njit(**KERNEL)
-def standardize_backward(dy, x, mean, denom, ddof, eps_in_root, dx):
-    dy, x, dx = borrow((dy, x, dx))
+@njit(inline="always", **HELPER)
+def _standardize_backward_body(b, a):
+    dy, x, mean, denom, ddof, eps_in_root, dx, nblk = a
     r_, k_ = x.shape
     n = k_ - ddof
-    for r in prange(r_):
+    for r in range(b * r_ // nblk, (b + 1) * r_ // nblk):
         xr = x[r]
         dyr = dy[r]
         mu = numba.float64(mean[r])
@@ -62,3 +70,9 @@ def standardize_backward(dy, x, mean, denom, ddof, eps_in_root, dx):
         dxr = dx[r]
         for i in range(k_):
             dxr[i] = (numba.float64(dyr[i]) - mdy) / d - (numba.float64(xr[i]) - mu) * coef
+
+
+@njit(**HELPER)
+def standardize_backward(dy, x, mean, denom, ddof, eps_in_root, dx, nblk):
+    dy, x, dx = borrow((dy, x, dx))
+    parallel_blocks(_standardize_backward_body, nblk, (dy, x, mean, denom, ddof, eps_in_root, dx, nblk))

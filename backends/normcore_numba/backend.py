@@ -1,4 +1,5 @@
-"""The Numba CPU backend: parallel ``prange`` kernels compiled on first use and cached on disk.
+"""The Numba CPU backend: kernels whose blocks run on numba's threads (one shared ``prange``
+loop, see ``_blocks``), compiled on first use and cached on disk.
 
 This module imports without numba (``is_available`` then says why it cannot run); the kernel
 modules, which import numba, are loaded on the first kernel call, and each kernel compiles only
@@ -6,7 +7,7 @@ when it is first called (one specialization per dtype and array layout), so usin
 compiles the BatchNorm kernels. float16 input is widened to float32 at the boundary and the
 result rounded back; all reductions accumulate in float64 and all element-wise math is done in
 float64 and rounded once (as the reference does), so float32 results match it to rounding.
-Small inputs run on the calling thread through serial twins of the kernels (see ``_plan``).
+Small inputs run as one block on the calling thread (see ``_plan``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ _MASK64 = (1 << 64) - 1
 
 
 _MODULES: dict[str, Any] = {}
-_SERIAL: dict[str, Any] = {}
 
 
 def _kernels(name: str):
@@ -53,8 +53,8 @@ def _serial_max(default: int = 32768) -> int:
         return default
 
 
-#: Inputs of at most this many elements run on the calling thread, through serial twins of the
-#: kernels (see _common.SerialKernels): a parallel region costs ~2 us to start, more than the
+#: Inputs of at most this many elements run on the calling thread, as one block (see _blocks):
+#: a parallel region costs ~2 us to start, more than the
 #: pass itself below this size. ``NORMCORE_NUMBA_SERIAL_MAX`` sets it (0: always parallel).
 #: Measured (2 threads, float32) in docs/backends.md: serial is ahead up to ~131072 elements on
 #: 2 cores; 32768 (torch's grain size) leaves room for machines with more cores.
@@ -62,14 +62,10 @@ SERIAL_MAX = _serial_max()
 
 
 def _plan(name: str, size: int) -> tuple[Any, int]:
-    """(kernels, threads) for a pass over ``size`` elements: module ``name``'s parallel kernels
-    and numba's thread count, or their serial twins and one thread for small inputs."""
-    if size > SERIAL_MAX:
-        return _kernels(name), _num_threads()
-    mod = _SERIAL.get(name)
-    if mod is None:
-        mod = _SERIAL[name] = _kernels("_common").SerialKernels(_kernels(name))
-    return mod, 1
+    """(kernels, threads) for a pass over ``size`` elements: module ``name``'s kernels and
+    numba's thread count, or one thread for small inputs (one block: the kernels run it on the
+    calling thread, with no parallel region)."""
+    return _kernels(name), (_num_threads() if size > SERIAL_MAX else 1)
 
 
 _get_num_threads: Any = None
@@ -653,22 +649,24 @@ class NumbaBackend(Backend):
 
     # -------------------------------------------------------------- row view (R, K)
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
-        k = _plan("_rows", x2.size)[0]
+        k, nt = _plan("_rows", x2.size)
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         y = _out(x.shape, dtype=x.dtype)
-        mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y)
+        mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y,
+                                    _blocks(x.shape[0], nt))
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
         return y, mean.astype(sd, copy=False), denom.astype(sd, copy=False)
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
-        k = _plan("_rows", x2.size)[0]
+        k, nt = _plan("_rows", x2.size)
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         dy = _widen(dy2)
         dx = _out(x.shape, dtype=x.dtype)
-        k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx)
+        k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx,
+                               _blocks(x.shape[0], nt))
         return dx.astype(orig, copy=False)
 
     # -------------------------------------------------------------- dropout
@@ -678,7 +676,7 @@ class NumbaBackend(Backend):
             return x.copy()
         if p >= 1.0:
             return np.zeros(x.shape, dtype=x.dtype)
-        k = _plan("_dropout", x.size)[0]
+        k, nt = _plan("_dropout", x.size)
         flat = np.ascontiguousarray(x).reshape(-1)  # C-order flat index, whatever x's strides
         if flat.dtype == np.float16:
             # computed and stored in float64, then rounded once to float16 (as the reference)
@@ -692,5 +690,6 @@ class NumbaBackend(Backend):
             np.uint64(dropout_threshold(p)),
             float(dropout_scale(p)),
             out,
+            _blocks(-(-flat.size // 4096), nt),
         )
         return out.astype(x.dtype, copy=False).reshape(x.shape)
