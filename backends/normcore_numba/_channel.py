@@ -64,7 +64,7 @@ from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vs
 from ._vmap import store_fence, vaffine_each, vgrad_each
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
-# Run after a kernel's prange, in the same compiled call: merging the (blocks, C, lanes) partials
+# Run after a kernel's blocks, in the same compiled call: merging the (blocks, C, lanes) partials
 # and folding the per-channel coefficients in NumPy cost ~25 us of small-array calls per layer
 # call, as much as the whole kernel on a cache-sized input.
 
@@ -166,20 +166,25 @@ def _first_samples(x):
 
 
 @njit(inline="always", **HELPER)
+def _block_units(x, nchunk, nblk, b):
+    """Block b of nblk's units of x: (count, its first unit (n, c, ch)) for the odometer walk."""
+    n_, c_, _ = x.shape
+    units = n_ * c_ * nchunk
+    u0 = b * units // nblk
+    n, c, ch = _unit(u0, nchunk, c_)
+    return (b + 1) * units // nblk - u0, n, c, ch
+
+
+@njit(inline="always", **HELPER)
 def _units_block(x, k, nchunk, p1, p2, b):
     """Block b of p1.shape[0]: its units' shifted sums into p1[b], p2[b] of shape (C, FOLD); each
     row adds its lanes onto its channel's lanes (no tree sum per row)."""
-    n_, c_, _ = x.shape
-    nblk = p1.shape[0]
-    units = n_ * c_ * nchunk
-    u0 = b * units // nblk
-    u1 = (b + 1) * units // nblk
-    n, c, ch = _unit(u0, nchunk, c_)
+    count, n, c, ch = _block_units(x, nchunk, p1.shape[0], b)
     a1 = p1[b]
     a2 = p2[b]
-    for _ in range(u0, u1):
+    for _ in range(count):
         acc_sums_shifted(_piece(x, n, c, ch, nchunk), k[c], a1[c], a2[c])
-        n, c, ch = _next_unit(n, c, ch, nchunk, c_)
+        n, c, ch = _next_unit(n, c, ch, nchunk, x.shape[1])
 
 
 @njit(inline="always", **HELPER)
@@ -654,7 +659,7 @@ def affine_ncl_nt(x, mean, var, eps, weight, bias, y, nblk):
 @njit(inline="always", **HELPER)
 def _onto_mu(dy, x, mu, pb, pw):
     """Move the second backward sums from lane_shift(mu) onto mu: sum(dy * (x - mu)) = sum(dy *
-    (x - mu')) + (mu' - mu) * sum(dy), added once to block 0's lane 0 (after the prange)."""
+    (x - mu')) + (mu' - mu) * sum(dy), added once to block 0's lane 0 (after the blocks)."""
     for c in range(pb.shape[1]):
         d = lane_shift(dy, x, mu[c]) - mu[c]
         if d != 0.0:
@@ -668,17 +673,12 @@ def _onto_mu(dy, x, mu, pb, pw):
 @njit(inline="always", **HELPER)
 def _units_grad_body(b, a):
     dy, x, mu, nchunk, pb, pw = a
-    n_, c_, _ = x.shape
-    nblk = pb.shape[0]
-    units = n_ * c_ * nchunk
-    u0 = b * units // nblk
-    u1 = (b + 1) * units // nblk
-    n, c, ch = _unit(u0, nchunk, c_)
+    count, n, c, ch = _block_units(x, nchunk, pb.shape[0], b)
     a1 = pb[b]
     a2 = pw[b]
-    for _ in range(u0, u1):
+    for _ in range(count):
         acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
-        n, c, ch = _next_unit(n, c, ch, nchunk, c_)
+        n, c, ch = _next_unit(n, c, ch, nchunk, x.shape[1])
 
 
 @njit(**HELPER)

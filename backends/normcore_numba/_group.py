@@ -15,10 +15,10 @@ forward ~420 us: their sum, although its memory traffic is a copy's. Software pr
 row after next (2 or 3 rows ahead) made it 8-30% slower; float32 arithmetic in the maps changed
 nothing (see _vmap).
 
-Rows are split into one fixed contiguous block per thread (``prange`` over blocks): the
+Rows are split into one fixed contiguous block per thread (``_blocks.parallel_blocks``): the
 partition only depends on the thread count, so results are deterministic. dweight/dbias of
 LayerNorm is a column reduction over all rows: every block accumulates into its own (G, D)
-float64 partial array (no shared writes inside prange) and the (blocks, G, D) partials are summed
+float64 partial array (no shared writes across blocks) and the (blocks, G, D) partials are summed
 in block order afterwards.
 
 Two loop nests: ``*3`` for L == 1 (LayerNorm, RMSNorm: view (N, G, D), D innermost so the
@@ -168,9 +168,8 @@ def _bwd3_body(blk, a):
     n_, g_, d_ = x.shape
     rows = n_ * g_
     nblk = pw.shape[0]
-    # this block's own (G, D) partials: no element is shared with another block. (No array
-    # expressions or np.zeros inside prange: numba turns them into nested parfors, which
-    # multiplies compile time.)
+    # this block's own (G, D) partials: no element is shared with another block (zeroed by the
+    # caller: an np.zeros here would allocate per block)
     aw = pw[blk]
     ab = pb[blk]
     for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
