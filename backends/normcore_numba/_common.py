@@ -23,7 +23,7 @@ from numba.extending import intrinsic, overload
 from numba.np.arrayobj import populate_array
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
-from ._vmap import vaffine, vaffine_sums, vgrad, vgradw, vnorm, vnorm_sums
+from ._vmap import vaffine, vaffine_sums, vgrad, vgradw_sums, vnorm, vnorm_sums
 
 #: Options of the one parallel kernel (``_blocks._run_blocks``; every other kernel is compiled
 #: with HELPER and runs its blocks through it). error_model="numpy": division by zero gives
@@ -359,11 +359,6 @@ def grad_row(dy, x, dx, a, k2, mu, k3, stream):
     raise NotImplementedError
 
 
-def gradw_row(dy, x, w, dx, rstd, k2, mu, k3, stream):
-    """dx[i] = (rstd * w[i]) * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3 (jit-only)."""
-    raise NotImplementedError
-
-
 @njit(**HELPER)
 def _grad_row_scalar(dy, x, dx, a, k2, mu, k3):
     for i in range(x.shape[0]):
@@ -371,9 +366,10 @@ def _grad_row_scalar(dy, x, dx, a, k2, mu, k3):
 
 
 @njit(**HELPER)
-def _gradw_row_scalar(dy, x, w, dx, rstd, k2, mu, k3):
+def _gradw_row_scalar(dy, x, w, dx, rstd, a2, mu, a3):
     for i in range(x.shape[0]):
-        dx[i] = (rstd * w[i]) * numba.float64(dy[i]) - k2 * (numba.float64(x[i]) - mu) - k3
+        g = numba.float64(w[i]) * numba.float64(dy[i])
+        dx[i] = rstd * ((g - a2 * (numba.float64(x[i]) - mu)) - a3)
 
 
 @overload(grad_row, jit_options=HELPER, inline="always")
@@ -383,13 +379,24 @@ def _ov_grad_row(dy, x, dx, a, k2, mu, k3, stream):
     return lambda dy, x, dx, a, k2, mu, k3, stream: _grad_row_scalar(dy, x, dx, a, k2, mu, k3)
 
 
-@overload(gradw_row, jit_options=HELPER)
-def _ov_gradw_row(dy, x, w, dx, rstd, k2, mu, k3, stream):
-    if _contig(dy, x, w, dx):
-        return lambda dy, x, w, dx, rstd, k2, mu, k3, stream: vgradw(dy, x, w, dx, rstd, k2, mu, k3,
-                                                                     stream)
-    return lambda dy, x, w, dx, rstd, k2, mu, k3, stream: _gradw_row_scalar(dy, x, w, dx, rstd, k2,
-                                                                            mu, k3)
+def gradw_row_sums(dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2):
+    """dx[i] = rstd * (w[i] * dy[i] - a2 * (x[i] - mu) - a3) (rstd factored out: where the
+    terms cancel, as on a one-element row, dx is exactly 0), returning wdot2_centered(dy2, x2,
+    w2, mu2) of another row of the same length, read in the same loop (jit-only)."""
+    raise NotImplementedError
+
+
+@overload(gradw_row_sums, jit_options=HELPER)
+def _ov_gradw_row_sums(dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2):
+    if _contig(dy, x, w, dx, dy2, x2, w2):
+        return (lambda dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2:
+                vgradw_sums(dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2))
+
+    def separate(dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2):
+        _gradw_row_scalar(dy, x, w, dx, rstd, a2, mu, a3)
+        return _wdot2_scalar(dy2, x2, w2, mu2)
+
+    return separate
 
 
 def acc_sums_shifted(v, k, a1, a2):

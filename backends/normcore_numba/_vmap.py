@@ -4,7 +4,7 @@ to y's dtype (LLVM vector IR via ``@intrinsic``):
 * ``vaffine(x, y, c, a, s, stream)``:              ``y = (x - c) * a + s``    (c, a, s scalars)
 * ``vnorm(x, y, w, b, mu, rstd, stream)``:         ``y = ((x - mu) * rstd) * w + b``
 * ``vgrad(dy, x, dx, a, k2, mu, k3, stream)``:     ``dx = a * dy - k2 * (x - mu) - k3``
-* ``vgradw(dy, x, w, dx, rstd, k2, mu, k3, ...)``: ``dx = (rstd * w) * dy - k2 * (x - mu) - k3``
+* ``vgradw_sums(dy, x, w, dx, rstd, a2, mu, a3, ...)``: ``dx = rstd * (w * dy - a2 * (x - mu) - a3)``
 * ``vaffine_sums``, ``vnorm_sums``: vaffine, vnorm that also return the shifted sums of another
   row (the next one), read in the same loop (see ``_NextRowSums``).
 
@@ -310,24 +310,16 @@ def vgrad(typingctx, dy, x, dx, a, k2, mu, k3, stream):
     return types.none(dy, x, dx, f64, f64, f64, f64, types.boolean), codegen
 
 
-@intrinsic
-def vgradw(typingctx, dy, x, w, dx, rstd, k2, mu, k3, stream):
-    """dx[i] = (rstd * w[i]) * float64(dy[i]) - k2 * (float64(x[i]) - mu) - k3; w float64."""
+def _gradw_value(builder, args):
+    """rstd * (w * dy - a2 * (x - mu) - a3) with (dy, x, w, dx, rstd, a2, mu, a3, ...) = args."""
 
-    def codegen(context, builder, sig, args):
-        def value(v, i, lanes):
-            dy, x, w = v
-            rstd, k2, mu, k3 = _scalars(builder, args[4:8], lanes)
-            a = builder.fmul(rstd, w)
-            t = builder.fsub(builder.fmul(a, dy), builder.fmul(k2, builder.fsub(x, mu)))
-            return builder.fsub(t, k3)
+    def value(v, i, lanes):
+        dy, x, w = v
+        rstd, a2, mu, a3 = _scalars(builder, args[4:8], lanes)
+        t = builder.fsub(builder.fmul(w, dy), builder.fmul(a2, builder.fsub(x, mu)))
+        return builder.fmul(rstd, builder.fsub(t, a3))
 
-        ins = [(sig.args[k], args[k]) for k in (0, 1, 2)]
-        _row_map(context, builder, ins, sig.args[3], args[3], args[8], value)
-        return context.get_dummy_value()
-
-    f64 = types.float64
-    return types.none(dy, x, w, dx, f64, f64, f64, f64, types.boolean), codegen
+    return value
 
 
 class _NextRowSums:
@@ -388,6 +380,100 @@ class _NextRowSums:
             s2 = b.fadd(b.fadd(s2, b.fmul(b.fmul(d, ir.Constant(_F64, 2.0)), s1)), b.fmul(cnt, b.fmul(d, d)))
             s1 = b.fadd(s1, b.fmul(cnt, d))
         return context.make_tuple(b, sig.return_type, [s1, s2])
+
+
+class _NextRowWSums:
+    """``also`` for _row_map: (sum(w * dy), sum(w * dy * (x - mu))) of another row (dy, x, w),
+    read in the same loop as the map (see _NextRowSums; float32 rows sum in float32 lanes over
+    blocks of FLUSH vectors about mu rounded to float32, moved back onto mu at the end)."""
+
+    def __init__(self, context, builder, tys, vals, mu):
+        b = self.builder = builder
+        self.arrs = [(context.make_array(t)(context, builder, v), context.get_data_type(t.dtype),
+                      t.dtype.bitwidth // 8) for t, v in zip(tys, vals, strict=True)]
+        self.blocked = all(t.dtype == types.float32 for t in tys)
+        lane = _F32 if self.blocked else _F64
+        self.mu = mu
+        self.mu_lane = b.fptrunc(mu, _F32) if self.blocked else mu
+        self.mu_used = b.fpext(self.mu_lane, _F64) if self.blocked else mu
+        self.vd, self.ev = ir.VectorType(_F64, W), ir.VectorType(lane, W)
+        self.muv = _splat(b, self.mu_lane, self.ev)
+        self.vec = [cgutils.alloca_once_value(b, ir.Constant(self.vd, [0.0] * W)) for _ in "12"]
+        self.blk = [cgutils.alloca_once(b, self.ev) for _ in "12"] if self.blocked else self.vec
+        self.one = [cgutils.alloca_once_value(b, ir.Constant(_F64, 0.0)) for _ in "12"]
+
+    def begin(self):
+        for acc in self.blk:
+            self.builder.store(ir.Constant(self.ev, [0.0] * W), acc)
+
+    def end(self):
+        b = self.builder
+        for src, dst in zip(self.blk, self.vec, strict=True):
+            b.store(b.fadd(b.load(dst), b.fpext(b.load(src), self.vd)), dst)
+
+    def __call__(self, i, lanes):
+        b = self.builder
+        vals = []
+        for arr, elt, align in self.arrs:
+            p = b.gep(arr.data, [i], inbounds=True)
+            if lanes:
+                v = b.load(b.bitcast(p, ir.VectorType(elt, lanes).as_pointer()), align=align)
+                vals.append(_convert(b, v, self.ev))
+            else:
+                vals.append(_convert(b, b.load(p), _F64))
+        dy, x, w = vals
+        mu = self.muv if lanes else self.mu_used
+        t = b.fmul(w, dy)
+        u = b.fmul(t, b.fsub(x, mu))
+        acc = self.blk if lanes else self.one
+        b.store(b.fadd(b.load(acc[0]), t), acc[0])
+        b.store(b.fadd(b.load(acc[1]), u), acc[1])
+
+    def result(self, context, sig):
+        b = self.builder
+        s1, s2 = (b.fadd(_hsum(b, b.load(v)), b.load(o)) for v, o in zip(self.vec, self.one, strict=True))
+        if self.blocked:  # x - mu = (x - mu_used) + d
+            s2 = b.fadd(s2, b.fmul(b.fsub(self.mu_used, self.mu), s1))
+        return context.make_tuple(b, sig.return_type, [s1, s2])
+
+
+def _gradw_value32(builder, args):
+    """_gradw_value in float32 lanes: with d = mu - mu32, a2 * (x - mu) + a3 = a2 * (x - mu32) +
+    (a3 - a2 * d), the constant computed in float64; then one fused multiply-add, and rstd
+    times the difference (w * dy and that sum are rounded alike, so terms that cancel exactly in
+    float64 cancel here too)."""
+    rstd, a2, mu, a3 = args[4:8]
+    mu32 = builder.fptrunc(mu, _F32)
+    c = builder.fsub(a3, builder.fmul(a2, builder.fsub(mu, builder.fpext(mu32, _F64))))
+    consts = (builder.fptrunc(rstd, _F32), builder.fptrunc(a2, _F32), mu32, builder.fptrunc(c, _F32))
+
+    def value(v, i, lanes):
+        dy, x, w = v
+        r, k, m, cc = consts
+        if lanes:
+            r, k, m, cc = (_splat(builder, q, ir.VectorType(_F32, lanes)) for q in consts)
+        q = _fma(builder, k, builder.fsub(x, m), cc)
+        return builder.fmul(r, builder.fsub(builder.fmul(w, dy), q))
+
+    return value
+
+
+@intrinsic
+def vgradw_sums(typingctx, dy, x, w, dx, rstd, a2, mu, a3, stream, dy2, x2, w2, mu2):
+    """dx[i] = rstd * (w[i] * dy[i] - a2 * (x[i] - mu) - a3), also returning (sum(w2 * dy2),
+    sum(w2 * dy2 * (x2 - mu2))) of the next row, read in the same loop (all contiguous, of one
+    length; unchecked)."""
+
+    def codegen(context, builder, sig, args):
+        sums = _NextRowWSums(context, builder, sig.args[9:12], args[9:12], args[12])
+        ins = [(sig.args[k], args[k]) for k in (0, 1, 2)]
+        _row_map(context, builder, ins, sig.args[3], args[3], args[8], _gradw_value(builder, args),
+                 also=sums, value32=_gradw_value32(builder, args))
+        return sums.result(context, sig)
+
+    f64 = types.float64
+    return types.UniTuple(f64, 2)(dy, x, w, dx, f64, f64, f64, f64, types.boolean, dy2, x2, w2,
+                                  f64), codegen
 
 
 def _length(context, builder, sig, args):

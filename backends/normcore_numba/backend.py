@@ -623,7 +623,8 @@ class NumbaBackend(Backend):
         x = _widen(x4)
         dy = _widen(dy4)
         n, g, d, l_ = x.shape
-        w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
+        # the weight in x's dtype where it holds it exactly: float32 rows then run in float32 lanes
+        w = np.ones((g, d), x.dtype) if weight is None else _row_param(weight, x.dtype).reshape(g, d)
         stats = (_f64(mean), _f64(var), float(eps))
         flat = l_ > 1 and _flat_rows(x, l_) and dy.flags.c_contiguous
         stream = _stream(x, d * l_ if flat or l_ == 1 else l_, 3)
