@@ -322,7 +322,41 @@ def _gradw_value(builder, args):
     return value
 
 
-class _NextRowSums:
+class _BlockedSums:
+    """Two sums for an ``also`` of _row_map: vector terms into float64 lanes, or for float32
+    (``blocked``) into float32 lanes over blocks of FLUSH vectors, each block widened into the
+    float64 lanes (``begin``/``end`` around each block); scalar terms (the map's head and tail)
+    into float64 scalars."""
+
+    def __init__(self, builder, blocked):
+        b = self.builder = builder
+        self.blocked = blocked
+        self.vd, self.ev = ir.VectorType(_F64, W), ir.VectorType(_F32 if blocked else _F64, W)
+        self.vec = [cgutils.alloca_once_value(b, ir.Constant(self.vd, [0.0] * W)) for _ in "12"]
+        self.blk = [cgutils.alloca_once(b, self.ev) for _ in "12"] if blocked else self.vec
+        self.one = [cgutils.alloca_once_value(b, ir.Constant(_F64, 0.0)) for _ in "12"]
+
+    def begin(self):
+        for acc in self.blk:
+            self.builder.store(ir.Constant(self.ev, [0.0] * W), acc)
+
+    def end(self):
+        b = self.builder
+        for src, dst in zip(self.blk, self.vec, strict=True):
+            b.store(b.fadd(b.load(dst), b.fpext(b.load(src), self.vd)), dst)
+
+    def add(self, t, u, lanes):
+        b = self.builder
+        acc = self.blk if lanes else self.one
+        b.store(b.fadd(b.load(acc[0]), t), acc[0])
+        b.store(b.fadd(b.load(acc[1]), u), acc[1])
+
+    def totals(self):
+        b = self.builder
+        return [b.fadd(_hsum(b, b.load(v)), b.load(o)) for v, o in zip(self.vec, self.one, strict=True)]
+
+
+class _NextRowSums(_BlockedSums):
     """``also`` for _row_map: (sum(v - k), sum((v - k)**2)) of another row ``v`` of the same
     length. Reading the next row while writing this one keeps both memory streams busy: two
     separate passes leave the write stream idle while the statistics are read, and the other way
@@ -334,29 +368,15 @@ class _NextRowSums:
     head and tail elements go to scalar float64 sums."""
 
     def __init__(self, context, builder, v_ty, v, k, n):
-        b = self.builder = builder
+        super().__init__(builder, v_ty.dtype == types.float32)
+        b = builder
         self.n, self.k = n, k
         self.arr = context.make_array(v_ty)(context, builder, v)
         self.elt = context.get_data_type(v_ty.dtype)
         self.align = v_ty.dtype.bitwidth // 8
-        self.blocked = v_ty.dtype == types.float32
-        lane = _F32 if self.blocked else _F64
         self.k_lane = b.fptrunc(k, _F32) if self.blocked else k
         self.k_used = b.fpext(self.k_lane, _F64) if self.blocked else k
-        self.kv = _splat(b, self.k_lane, ir.VectorType(lane, W))
-        self.vd, self.ev = ir.VectorType(_F64, W), ir.VectorType(lane, W)
-        self.vec = [cgutils.alloca_once_value(b, ir.Constant(self.vd, [0.0] * W)) for _ in "12"]
-        self.blk = [cgutils.alloca_once(b, self.ev) for _ in "12"] if self.blocked else self.vec
-        self.one = [cgutils.alloca_once_value(b, ir.Constant(_F64, 0.0)) for _ in "12"]
-
-    def begin(self):
-        for acc in self.blk:
-            self.builder.store(ir.Constant(self.ev, [0.0] * W), acc)
-
-    def end(self):
-        b = self.builder
-        for src, dst in zip(self.blk, self.vec, strict=True):
-            b.store(b.fadd(b.load(dst), b.fpext(b.load(src), self.vd)), dst)
+        self.kv = _splat(b, self.k_lane, self.ev)
 
     def __call__(self, i, lanes):
         b = self.builder
@@ -364,16 +384,13 @@ class _NextRowSums:
         if lanes:
             v = b.load(b.bitcast(p, ir.VectorType(self.elt, lanes).as_pointer()), align=self.align)
             t = b.fsub(_convert(b, v, self.ev), self.kv)
-            acc = self.blk
         else:
             t = b.fsub(_convert(b, b.load(p), _F64), self.k_used)
-            acc = self.one
-        b.store(b.fadd(b.load(acc[0]), t), acc[0])
-        b.store(b.fadd(b.load(acc[1]), b.fmul(t, t)), acc[1])
+        self.add(t, b.fmul(t, t), lanes)
 
     def result(self, context, sig):
         b = self.builder
-        s1, s2 = (b.fadd(_hsum(b, b.load(v)), b.load(o)) for v, o in zip(self.vec, self.one, strict=True))
+        s1, s2 = self.totals()
         if self.blocked:  # x - k = (x - k_used) + d
             d = b.fsub(self.k_used, self.k)
             cnt = b.sitofp(self.n, _F64)
@@ -382,34 +399,20 @@ class _NextRowSums:
         return context.make_tuple(b, sig.return_type, [s1, s2])
 
 
-class _NextRowWSums:
+class _NextRowWSums(_BlockedSums):
     """``also`` for _row_map: (sum(w * dy), sum(w * dy * (x - mu))) of another row (dy, x, w),
     read in the same loop as the map (see _NextRowSums; float32 rows sum in float32 lanes over
     blocks of FLUSH vectors about mu rounded to float32, moved back onto mu at the end)."""
 
     def __init__(self, context, builder, tys, vals, mu):
-        b = self.builder = builder
+        super().__init__(builder, all(t.dtype == types.float32 for t in tys))
+        b = builder
         self.arrs = [(context.make_array(t)(context, builder, v), context.get_data_type(t.dtype),
                       t.dtype.bitwidth // 8) for t, v in zip(tys, vals, strict=True)]
-        self.blocked = all(t.dtype == types.float32 for t in tys)
-        lane = _F32 if self.blocked else _F64
         self.mu = mu
         self.mu_lane = b.fptrunc(mu, _F32) if self.blocked else mu
         self.mu_used = b.fpext(self.mu_lane, _F64) if self.blocked else mu
-        self.vd, self.ev = ir.VectorType(_F64, W), ir.VectorType(lane, W)
         self.muv = _splat(b, self.mu_lane, self.ev)
-        self.vec = [cgutils.alloca_once_value(b, ir.Constant(self.vd, [0.0] * W)) for _ in "12"]
-        self.blk = [cgutils.alloca_once(b, self.ev) for _ in "12"] if self.blocked else self.vec
-        self.one = [cgutils.alloca_once_value(b, ir.Constant(_F64, 0.0)) for _ in "12"]
-
-    def begin(self):
-        for acc in self.blk:
-            self.builder.store(ir.Constant(self.ev, [0.0] * W), acc)
-
-    def end(self):
-        b = self.builder
-        for src, dst in zip(self.blk, self.vec, strict=True):
-            b.store(b.fadd(b.load(dst), b.fpext(b.load(src), self.vd)), dst)
 
     def __call__(self, i, lanes):
         b = self.builder
@@ -424,14 +427,11 @@ class _NextRowWSums:
         dy, x, w = vals
         mu = self.muv if lanes else self.mu_used
         t = b.fmul(w, dy)
-        u = b.fmul(t, b.fsub(x, mu))
-        acc = self.blk if lanes else self.one
-        b.store(b.fadd(b.load(acc[0]), t), acc[0])
-        b.store(b.fadd(b.load(acc[1]), u), acc[1])
+        self.add(t, b.fmul(t, b.fsub(x, mu)), lanes)
 
     def result(self, context, sig):
         b = self.builder
-        s1, s2 = (b.fadd(_hsum(b, b.load(v)), b.load(o)) for v, o in zip(self.vec, self.one, strict=True))
+        s1, s2 = self.totals()
         if self.blocked:  # x - mu = (x - mu_used) + d
             s2 = b.fadd(s2, b.fmul(b.fsub(self.mu_used, self.mu), s1))
         return context.make_tuple(b, sig.return_type, [s1, s2])
