@@ -11,14 +11,15 @@ Bandwidth accounting per element (s = itemsize, 4 for float32), the floor being 
 Per-channel sums are never parallelized over C alone (C can be 3 or 64 with huge N*L): the work
 is cut into ``units`` = (n, c, chunk of L) for the (N, C, L) layout or (n, l) rows for the
 channels-last layout, units are split into one fixed contiguous block per thread, each block
-writes its own row of a (blocks, C, FOLD) float64 partial array (no shared writes across
-blocks): a row's SIMD lanes are folded to FOLD lanes and added onto its channel's, so a short
-row pays no tree sum of its own. The partials are merged in block and lane order after the
-blocks, in the same compiled call (deterministic for a fixed thread count). Every kernel runs
-its blocks through ``_blocks.parallel_blocks`` (a block body per pass, compiled into the
+sums into (C, FOLD) float64 lanes of its own (allocated on its thread: no shared writes across
+blocks, and no cache lines moving between cores): a row's SIMD lanes are folded to FOLD lanes
+and added onto its channel's, so a short row pays no tree sum of its own. Each block sums its
+lanes into its row of a (blocks, C, 1) totals array (_fold_lanes), merged in block order after
+the blocks, in the same compiled call (deterministic for a fixed thread count). Every kernel
+runs its blocks through ``_blocks.parallel_blocks`` (a block body per pass, compiled into the
 kernel; see there why not prange loops in each kernel). Contiguous rows of up to 512
 elements go through ``*_rows`` instead: each block hands its range of rows to one intrinsic
-(``_simd.vrows0``/``vrows1``) that walks them itself and keeps (blocks, C, ROW_LANES) partials;
+(``_simd.vrows0``/``vrows1``) that walks them itself and keeps (C, ROW_LANES) partials;
 statistics of rows under 64 elements with many n (backward sums: under 32) go by strips of
 (C, L) slab positions instead, summed over each block's n (``_simd.vstrip0``/``vstrip1``), so
 the inner loop has no per-row work at all; so do rows of C channels (BatchNorm1d's (N, C) input,
@@ -60,7 +61,7 @@ from ._common import (
     lane_shift,
     nonneg,
 )
-from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1  # noqa: F401  (FOLD: the backend sizes partials)
+from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1
 from ._vmap import store_fence, vaffine_each, vgrad_each
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
@@ -176,55 +177,81 @@ def _block_units(x, nchunk, nblk, b):
 
 
 @njit(inline="always", **HELPER)
-def _units_block(x, k, nchunk, p1, p2, b):
-    """Block b of p1.shape[0]: its units' shifted sums into p1[b], p2[b] of shape (C, FOLD); each
-    row adds its lanes onto its channel's lanes (no tree sum per row)."""
-    count, n, c, ch = _block_units(x, nchunk, p1.shape[0], b)
-    a1 = p1[b]
-    a2 = p2[b]
+def _block_totals(nblk, c_):
+    """Two (nblk, C, 1) float64 arrays: per block, its two sums of each channel (_fold_lanes)."""
+    return empty((nblk, c_, 1), np.float64), empty((nblk, c_, 1), np.float64)
+
+
+@njit(inline="always", **HELPER)
+def _fold_lanes(p1, p2, t1, t2, b):
+    """Block b's (C, lanes) partials summed in lane order into its totals t1[b], t2[b]. The lanes
+    are the block's own (allocated in the block, on its thread): only C totals per block cross
+    to the calling thread. Lanes shared in a (blocks, C, lanes) array and merged by the calling
+    thread moved every partial's cache lines between cores twice per call: measured (2 threads)
+    8 us of a (2, 64, 64) moments call's 10, and 39 -> 15 us at (1, 512, 16)."""
+    for c in range(p1.shape[0]):
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(p1.shape[1]):
+            s1 += p1[c, j]
+            s2 += p2[c, j]
+        t1[b, c, 0] = s1
+        t2[b, c, 0] = s2
+
+
+@njit(inline="always", **HELPER)
+def _units_block(x, k, nchunk, t1, t2, b):
+    """Block b of t1.shape[0]: its units' shifted sums into (C, FOLD) lanes, each row adding its
+    lanes onto its channel's (no tree sum per row), then folded into t1[b], t2[b]."""
+    count, n, c, ch = _block_units(x, nchunk, t1.shape[0], b)
+    a1 = np.zeros((x.shape[1], FOLD))
+    a2 = np.zeros((x.shape[1], FOLD))
     for _ in range(count):
         acc_sums_shifted(_piece(x, n, c, ch, nchunk), k[c], a1[c], a2[c])
         n, c, ch = _next_unit(n, c, ch, nchunk, x.shape[1])
+    _fold_lanes(a1, a2, t1, t2, b)
 
 
 @njit(inline="always", **HELPER)
 def _units_body(b, a):
-    x, k, nchunk, p1, p2 = a
-    _units_block(x, k, nchunk, p1, p2, b)
+    x, k, nchunk, t1, t2 = a
+    _units_block(x, k, nchunk, t1, t2, b)
 
 
 @njit(**HELPER)
-def moments_ncl(x, nchunk, p1, p2):
+def moments_ncl(x, nchunk, nblk):
     """Per-channel (mean, var) of (N, C, L) rows cut into ``nchunk`` pieces each, in x's dtype,
-    via shifted sums into p1, p2 of shape (blocks, C, FOLD)."""
+    via shifted sums over nblk blocks."""
     x = borrow(x)
     k = _first_samples(x)
-    parallel_blocks(_units_body, p1.shape[0], (x, k, nchunk, p1, p2))
-    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    t1, t2 = _block_totals(nblk, x.shape[1])
+    parallel_blocks(_units_body, nblk, (x, k, nchunk, t1, t2))
+    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
     return cast(mean, x.dtype), cast(var, x.dtype)
 
 
 @njit(inline="always", **HELPER)
-def _lane_sums(c_, nblk, dtype):
-    """(nblk, C, ROW_LANES) float64 partials and scratch lanes of ``dtype`` for the row-range
-    intrinsics (which zero them), allocated in the kernel: four NumPy allocations per call from
-    Python cost more than a small layer's kernel."""
-    lanes = (nblk, c_, ROW_LANES)
+def _lane_sums(c_, dtype):
+    """(C, ROW_LANES) float64 partials and scratch lanes of ``dtype`` for the row-range
+    intrinsics (which zero them), allocated by the block that uses them."""
+    lanes = (c_, ROW_LANES)
     return empty(lanes, np.float64), empty(lanes, np.float64), empty(lanes, dtype), empty(lanes, dtype)
 
 
 @njit(inline="always", **HELPER)
-def _rows_block(x, k, p1, p2, q1, q2, b):
-    """Block b of p1.shape[0]: its range of (n, c) rows summed by vrows0 into p1[b], p2[b]."""
+def _rows_block(x, k, t1, t2, b):
+    """Block b of t1.shape[0]: its range of (n, c) rows summed by vrows0, into t1[b], t2[b]."""
     rows = x.shape[0] * x.shape[1]
-    nblk = p1.shape[0]
-    vrows0(x, x, k, b * rows // nblk, (b + 1) * rows // nblk, p1[b], p2[b], q1[b], q2[b])
+    nblk = t1.shape[0]
+    p1, p2, q1, q2 = _lane_sums(x.shape[1], x.dtype)
+    vrows0(x, x, k, b * rows // nblk, (b + 1) * rows // nblk, p1, p2, q1, q2)
+    _fold_lanes(p1, p2, t1, t2, b)
 
 
 @njit(inline="always", **HELPER)
 def _rows_body(b, a):
-    x, k, p1, p2, q1, q2 = a
-    _rows_block(x, k, p1, p2, q1, q2, b)
+    x, k, t1, t2 = a
+    _rows_block(x, k, t1, t2, b)
 
 
 @njit(**HELPER)
@@ -233,9 +260,9 @@ def moments_ncl_rows(x, nblk):
     of (n, c) rows in one intrinsic call (vrows0), with no per-row slicing or odometer in numba."""
     x = borrow(x)
     k = _first_samples(x)
-    p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
-    parallel_blocks(_rows_body, nblk, (x, k, p1, p2, q1, q2))
-    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    t1, t2 = _block_totals(nblk, x.shape[1])
+    parallel_blocks(_rows_body, nblk, (x, k, t1, t2))
+    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
     return cast(mean, x.dtype), cast(var, x.dtype)
 
 
@@ -586,13 +613,14 @@ def _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var):
 
 
 @njit(**HELPER)
-def batch_ncl(x, nchunk, p1, p2, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
+def batch_ncl(x, nchunk, nsum, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
               new_mean, new_var):
-    """moments_ncl, then affine_ncl into y with the float64 statistics."""
+    """moments_ncl (nsum blocks), then affine_ncl into y with the float64 statistics."""
     x, y = borrow((x, y))
     k = _first_samples(x)
-    parallel_blocks(_units_body, p1.shape[0], (x, k, nchunk, p1, p2))
-    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    t1, t2 = _block_totals(nsum, x.shape[1])
+    parallel_blocks(_units_body, nsum, (x, k, nchunk, t1, t2))
+    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
@@ -640,9 +668,9 @@ def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
     """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
     x, y = borrow((x, y))
     k = _first_samples(x)
-    p1, p2, q1, q2 = _lane_sums(x.shape[1], nblk, x.dtype)
-    parallel_blocks(_rows_body, nblk, (x, k, p1, p2, q1, q2))
-    mean, var = _moments(p1, p2, k, x.shape[0] * x.shape[2])
+    t1, t2 = _block_totals(nblk, x.shape[1])
+    parallel_blocks(_rows_body, nblk, (x, k, t1, t2))
+    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
     mu, scale, shift = _centered(mean, var, eps, weight, bias)
     parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
     return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
@@ -674,28 +702,32 @@ def _onto_mu(dy, x, mu, pb, pw):
 def _units_grad_body(b, a):
     dy, x, mu, nchunk, pb, pw = a
     count, n, c, ch = _block_units(x, nchunk, pb.shape[0], b)
-    a1 = pb[b]
-    a2 = pw[b]
+    a1 = np.zeros((x.shape[1], FOLD))
+    a2 = np.zeros((x.shape[1], FOLD))
     for _ in range(count):
         acc_dot2_centered(_piece(dy, n, c, ch, nchunk), _piece(x, n, c, ch, nchunk), mu[c], a1[c], a2[c])
         n, c, ch = _next_unit(n, c, ch, nchunk, x.shape[1])
+    _fold_lanes(a1, a2, pb, pw, b)
 
 
 @njit(**HELPER)
-def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, pb, pw):
-    """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed into pb, pw of shape
-    (blocks, C, FOLD) as moments_ncl; the second about lane_shift(x, mu) (see acc_dot2_centered)."""
+def bwd_reduce_ncl(dy, x, mu, var, eps, weight, batch_stats, nchunk, nblk):
+    """_grad_coeffs of the per-channel (sum(dy), sum(dy * (x - mu))), summed over nblk blocks as
+    moments_ncl; the second about lane_shift(x, mu) (see acc_dot2_centered)."""
     dy, x = borrow((dy, x))
     n_ = x.shape[0]
-    parallel_blocks(_units_grad_body, pb.shape[0], (dy, x, mu, nchunk, pb, pw))
+    pb, pw = _block_totals(nblk, x.shape[1])
+    parallel_blocks(_units_grad_body, nblk, (dy, x, mu, nchunk, pb, pw))
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * x.shape[2], batch_stats)
 
 
 @njit(inline="always", **HELPER)
 def _rows_grad_body(b, a):
-    dy, x, mu, pb, pw, q1, q2, rows, nblk = a
-    vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, pb[b], pw[b], q1[b], q2[b])
+    dy, x, mu, pb, pw, rows, nblk = a
+    p1, p2, q1, q2 = _lane_sums(x.shape[1], x.dtype)
+    vrows1(x, dy, mu, b * rows // nblk, (b + 1) * rows // nblk, p1, p2, q1, q2)
+    _fold_lanes(p1, p2, pb, pw, b)
 
 
 @njit(**HELPER)
@@ -705,8 +737,8 @@ def bwd_reduce_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk):
     dy, x = borrow((dy, x))
     n_, c_, l_ = x.shape
     rows = n_ * c_
-    pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
-    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, q1, q2, rows, nblk))
+    pb, pw = _block_totals(nblk, c_)
+    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, rows, nblk))
     _onto_mu(dy, x, mu, pb, pw)
     return _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
 
@@ -788,8 +820,8 @@ def bwd_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     dy, x, dx = borrow((dy, x, dx))
     n_, c_, l_ = x.shape
     rows = n_ * c_
-    pb, pw, q1, q2 = _lane_sums(c_, nblk, x.dtype)
-    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, q1, q2, rows, nblk))
+    pb, pw = _block_totals(nblk, c_)
+    parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, rows, nblk))
     _onto_mu(dy, x, mu, pb, pw)
     dbias, dweight, a, k2, k3 = _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
     parallel_blocks(_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, rows, nblk))

@@ -421,8 +421,7 @@ class NumbaBackend(Backend):
         if _short_rows(x):
             return k.moments_ncl_rows(x, _blocks(n * c, nt))
         nch = _nchunk(n * c, l_, nt)
-        p1, p2 = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
-        return k.moments_ncl(x, nch, p1, p2)
+        return k.moments_ncl(x, nch, _blocks(n * c * nch, nt))
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
         k, nt = _plan("_channel", x3.size)
@@ -511,7 +510,7 @@ class NumbaBackend(Backend):
             mean, var = k.batch_ncl_rows(x, *args)
         else:
             nch = _nchunk(n * c, l_, nt)
-            mean, var = k.batch_ncl(x, nch, *_partials(_blocks(n * c * nch, nt), c, k.FOLD), *args)
+            mean, var = k.batch_ncl(x, nch, _blocks(n * c * nch, nt), *args)
         return self._batch_result(y, x3, mean, var, running, upd)
 
     @staticmethod
@@ -559,8 +558,8 @@ class NumbaBackend(Backend):
             dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
         else:
             nch = _nchunk(n * c, l_, nt)
-            pb, pw = _partials(_blocks(n * c * nch, nt), c, k.FOLD)
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch, pb, pw)
+            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch,
+                                                         _blocks(n * c * nch, nt))
         px, pdy = _periodic(x), _periodic(dy)
         if _paired(px, pdy):
             x2, inner, last = px
