@@ -187,8 +187,8 @@ def _fold_lanes(p1, p2, t1, t2, b):
     """Block b's (C, lanes) partials summed in lane order into its totals t1[b], t2[b]. The lanes
     are the block's own (allocated in the block, on its thread): only C totals per block cross
     to the calling thread. Lanes shared in a (blocks, C, lanes) array and merged by the calling
-    thread moved every partial's cache lines between cores twice per call: measured (2 threads)
-    8 us of a (2, 64, 64) moments call's 10, and 39 -> 15 us at (1, 512, 16)."""
+    thread moved every partial's cache lines between cores twice per call: measured A/B (2
+    threads, float32 moments) (256, 64, 64) 28 -> 25 us, (2, 64, 64) 3.7 -> 3.2 us."""
     for c in range(p1.shape[0]):
         s1 = 0.0
         s2 = 0.0
