@@ -132,10 +132,11 @@ def test_bench_default_grid_matches_the_issue():
     assert ("batchnorm2d", (32, 64, 56, 56)) in shapes
     assert ("layernorm", (4096, 4096)) in shapes
     assert ("groupnorm", (16, 256, 32, 32)) in shapes
+    assert ("groupnorm", (64, 256, 32, 32)) in shapes  # past the last-level cache
     assert ("batchnorm2d-eval", (32, 64, 56, 56)) in shapes
     assert ("batchnorm1d", (4096, 512)) in shapes  # (N, C) input: rows of C channels
     assert ("batchnorm2d-nhwc", (32, 64, 56, 56)) in shapes  # channels-last strides
-    assert len(cases) == 12
+    assert len(cases) == 13
 
 
 def test_bench_nhwc_case_feeds_channels_last_strides():
