@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ._parameter import Parameter
 from .backend import Backend
 
 
@@ -21,7 +22,10 @@ class DTypeError(TypeError, RuntimeError):
 
 
 def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
-    """``x`` as a floating array of ``backend`` (NumPy input is moved to a GPU backend's device)."""
+    """``x`` as a floating array of ``backend`` (NumPy input is moved to a GPU backend's device);
+    a module's Parameter stands for its data, as torch's functional API takes an nn.Parameter."""
+    if isinstance(x, Parameter):
+        x = x.data
     if not backend.is_native(x):
         if not hasattr(x, "dtype") and not isinstance(x, (list, tuple, float, int)):
             raise TypeError(f"{name} must be an array, got {type(x).__name__}")

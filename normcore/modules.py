@@ -28,6 +28,7 @@ from ._checks import (
     check_positive_int,
     normalized_shape_tuple,
 )
+from ._parameter import Parameter
 from .backend import Backend
 
 Array = Any
@@ -40,25 +41,6 @@ __all__ = [
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "LayerNorm", "GroupNorm", "RMSNorm", "Dropout",
 ]
-
-
-class Parameter:
-    """A learnable array (``data``, on the module's backend) and its accumulated ``grad``."""
-
-    def __init__(self, data: Array) -> None:
-        self.data = data
-        self.grad: Array | None = None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
-
-    def __repr__(self) -> str:
-        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
 
 
 class Module:

@@ -185,3 +185,33 @@ def test_use_backend_context_selects_the_layer_backend():
     with normcore.use_backend("numpy"):
         layer = normcore.GroupNorm(1, 2)
     assert layer.backend.name == "numpy"
+
+
+def test_functional_takes_module_parameters_as_torch_does(backend, rng):
+    """torch.nn.functional takes an nn.Parameter wherever it takes a tensor; normcore's functional
+    API takes a module's Parameter the same way (its data), and checks it the same way."""
+    import normcore.functional as F
+
+    x = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    ln = normcore.LayerNorm(5, backend=backend)
+    gn = normcore.GroupNorm(2, 6, backend=backend)
+    bn = normcore.BatchNorm1d(6, backend=backend)
+    for layer in (ln, gn, bn):
+        state = layer.state_dict()
+        layer.load_state_dict({k: (rng.normal(size=np.shape(v)).astype(np.float32)
+                                   if k in ("weight", "bias") else v) for k, v in state.items()})
+
+    def same(a, b):
+        np.testing.assert_array_equal(normcore.to_numpy(a[0]), normcore.to_numpy(b[0]))
+
+    same(F.layer_norm(x, 5, ln.weight, ln.bias, backend=backend),
+         F.layer_norm(x, 5, ln.weight.data, ln.bias.data, backend=backend))
+    same(F.group_norm(x, 2, gn.weight, gn.bias, backend=backend),
+         F.group_norm(x, 2, gn.weight.data, gn.bias.data, backend=backend))
+    same(F.batch_norm(x, None, None, bn.weight, bn.bias, training=True, backend=backend),
+         F.batch_norm(x, None, None, bn.weight.data, bn.bias.data, training=True, backend=backend))
+    w = normcore.Parameter(normcore.get_backend(backend).asarray(x))
+    same(F.weight_standardization(w, backend=backend),
+         F.weight_standardization(w.data, backend=backend))
+    with pytest.raises(ValueError, match=r"weight must have shape \(6,\).*got \(5,\)"):
+        F.group_norm(x, 2, ln.weight, backend=backend)  # a Parameter of the wrong shape
