@@ -34,9 +34,19 @@ _MODULES: dict[str, Any] = {}
 
 
 def _kernels(name: str):
-    """Import a kernel module on first use (it imports numba; compiling happens per kernel)."""
+    """Import a kernel module on first use (it imports numba; compiling happens per kernel).
+
+    Before the first, start numba's threading layer (``_num_threads``). Every kernel links
+    ``_blocks._run_blocks``, a parallel loop, and numba starts the layer when it loads such a
+    kernel from the disk cache only if the kernel was saved with numba's hook for it. A kernel
+    compiled in a process that had loaded ``_run_blocks`` itself from the cache was saved without
+    it (numba does not carry a cached library's hooks over to the code that links it). Loaded by
+    a later process before anything had started the layer, such a kernel crashed: a LayerNorm
+    script, then a BatchNorm2d script twice on a small input, each in a fresh process,
+    and the third died of a segmentation fault (tests/test_numba_cache.py)."""
     mod = _MODULES.get(name)
     if mod is None:
+        _num_threads()
         mod = _MODULES[name] = importlib.import_module(f"normcore_numba.{name}")
     return mod
 
