@@ -40,7 +40,8 @@ def _kernels(name: str):
     ``_blocks._run_blocks``, a parallel loop, and numba starts the layer when it loads such a
     kernel from the disk cache only if the kernel was saved with numba's hook for it. A kernel
     compiled in a process that had loaded ``_run_blocks`` itself from the cache was saved without
-    it (numba does not carry a cached library's hooks over to the code that links it). Loaded by
+    it (numba does not carry a cached library's hooks over to the code that links it: numba issue
+    #8578, open upstream as of numba 0.68 with a fix proposed in numba PR #9950). Loaded by
     a later process before anything had started the layer, such a kernel crashed: a LayerNorm
     script, then a BatchNorm2d script twice on a small input, each in a fresh process,
     and the third died of a segmentation fault (tests/test_numba_cache.py)."""
