@@ -41,7 +41,7 @@ def _kernels(name: str):
     kernel from the disk cache only if the kernel was saved with numba's hook for it. A kernel
     compiled in a process that had loaded ``_run_blocks`` itself from the cache was saved without
     it (numba does not carry a cached library's hooks over to the code that links it: numba issue
-    #8578, open upstream as of numba 0.68 with a fix proposed in numba PR #9950). Loaded by
+    #8578, reproduced here with numba 0.68.1; numba PR #9950 proposes a fix). Loaded by
     a later process before anything had started the layer, such a kernel crashed: a LayerNorm
     script, then a BatchNorm2d script twice on a small input, each in a fresh process,
     and the third died of a segmentation fault (tests/test_numba_cache.py)."""
