@@ -17,7 +17,7 @@ import glob
 import importlib
 import math
 import os
-import threading
+import sys
 import warnings
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from normcore.backend import KERNELS, Availability, Backend, dropout_scale, dropout_threshold
 
+from . import _layer
 from ._pool import empty as _out
 
 _F64 = np.float64
@@ -38,72 +39,9 @@ def _kernels(name: str):
     """Import a kernel module on first use (it imports numba; compiling happens per kernel)."""
     mod = _MODULES.get(name)
     if mod is None:
-        _start_threading_layer()
+        _layer.settle()  # the threading layer up before any kernel loads (see _layer)
         mod = _MODULES[name] = importlib.import_module(f"normcore_numba.{name}")
     return mod
-
-
-_layer_ready = False
-_start_lock = threading.Lock()
-#: Held around every kernel call when numba's threading layer is not threadsafe (``workqueue``);
-#: None otherwise. Reentrant: a kernel method may call another.
-_one_at_a_time: threading.RLock | None = None
-
-
-def _start_threading_layer() -> None:
-    """Start numba's threading layer, once per process, before the first kernel runs or is
-    loaded from the disk cache, and note whether it takes parallel regions from several Python
-    threads at once.
-
-    Why before the first kernel: every kernel links ``_blocks._run_blocks``, a parallel loop, and
-    numba starts the layer when it loads such a kernel from the disk cache only if the kernel was
-    saved with numba's hook for it. A kernel compiled in a process that had loaded ``_run_blocks``
-    itself from the cache was saved without it (numba does not carry a cached library's hooks
-    over to the code that links it: numba issue #8578, reproduced here with numba 0.68.1; numba
-    PR #9950 proposes a fix). Loaded by a later process before anything had started the layer,
-    such a kernel crashed: a LayerNorm script, then a BatchNorm2d script twice on a small input,
-    each in a fresh process, and the third died of a segmentation fault
-    (tests/test_numba_cache.py).
-
-    Why the lock: numba's ``workqueue`` layer, the one numba falls back to where neither OpenMP
-    nor TBB can be loaded, aborts the process when two threads run parallel regions at once
-    ("Concurrent access has been detected"). Layers called from a thread pool then run their
-    kernels one at a time instead; ``omp`` and ``tbb`` run them side by side."""
-    global _layer_ready, _one_at_a_time
-    with _start_lock:
-        if _layer_ready:
-            return
-        _num_threads()
-        import numba
-
-        if numba.threading_layer() == "workqueue":
-            _one_at_a_time = threading.RLock()
-        else:  # the kernels need no guard from now on: the class gets its own methods back
-            for name, method in _unguarded.items():
-                setattr(NumbaBackend, name, method)
-        _layer_ready = True
-
-
-#: The backend's kernel methods as written; the class holds _guarded wrappers of them until the
-#: threading layer is up, and keeps the wrappers only when the layer needs the lock.
-_unguarded: dict[str, Any] = {}
-
-
-def _guarded(method: Any) -> Any:
-    """``method`` (a kernel of the backend) after the threading layer is up, under the
-    ``_one_at_a_time`` lock when there is one (see _start_threading_layer)."""
-
-    @functools.wraps(method)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _layer_ready:
-            _start_threading_layer()
-        lock = _one_at_a_time
-        if lock is None:
-            return method(self, *args, **kwargs)
-        with lock:
-            return method(self, *args, **kwargs)
-
-    return call
 
 
 def _serial_max(default: int = 32768) -> int:
@@ -760,7 +698,11 @@ class NumbaBackend(Backend):
         return out.astype(x.dtype, copy=False).reshape(x.shape)
 
 
-for _name in NumbaBackend.kernels:
-    _unguarded[_name] = getattr(NumbaBackend, _name)
-    setattr(NumbaBackend, _name, _guarded(_unguarded[_name]))
-del _name
+def _one_thread_from_now() -> None:
+    """In a child forked after GNU OpenMP started (see _layer): every input runs as one block on
+    the calling thread."""
+    global SERIAL_MAX
+    SERIAL_MAX = sys.maxsize
+
+
+_layer.guard(NumbaBackend, sorted(NumbaBackend.kernels), _one_thread_from_now)
