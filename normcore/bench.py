@@ -181,6 +181,21 @@ def thread_count() -> int:
     return os.cpu_count() or 1
 
 
+def threading_layer() -> str | None:
+    """Numba's threading layer (``omp``, ``tbb`` or ``workqueue``), started if it was not; None
+    without Numba. It decides whether the numba backend's kernels may run from several Python
+    threads at once and in forked children (docs/backends.md, Threads)."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    try:
+        import numba
+
+        numba.get_num_threads()  # starts the layer
+        return str(numba.threading_layer())
+    except Exception:  # a broken numba install must not break the benchmark
+        return None
+
+
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
@@ -192,6 +207,7 @@ def environment() -> dict[str, Any]:
         "normcore": __version__, "python": platform.python_version(),
         "numpy": np.__version__, "numba": distribution_version("numba"),
         "torch": distribution_version("torch"), "threads": thread_count(),
+        "numba_threading_layer": threading_layer(),
         "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

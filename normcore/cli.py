@@ -130,6 +130,7 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
         ["CuPy", bench.cupy_version() or "not installed"],
         ["torch (bench reference)", version_of("torch")],
         ["threads", str(bench.thread_count())],
+        ["Numba threading layer", bench.threading_layer() or "-"],
     ]
     out.table("Environment", ["", "version"], rows)
 

@@ -30,6 +30,8 @@ def test_info_lists_environment_backends_and_default(capsys):
     assert f"normcore {normcore.__version__}" in out
     for word in ("Python", "NumPy", "Numba", "CuPy", "threads"):
         assert word in out
+    line = next(row for row in out.splitlines() if row.startswith("Numba threading layer"))
+    assert line.split()[-1] == (bench.threading_layer() or "-")
     for status in registry.list_backends():
         assert status.name in out
     chosen, why = registry.resolve(None)
