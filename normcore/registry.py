@@ -213,8 +213,20 @@ def _unknown_message(name: str, installed: list[str]) -> str:
             f"{', '.join(sorted(installed)) or 'none'}.{hint}")
 
 
-def get_backend(name: str) -> Backend:
-    """The loaded backend called ``name``; raises BackendError if unknown, broken or unavailable."""
+def get_backend(name: str | None = None) -> Backend:
+    """The loaded backend called ``name``, or for None the one a call would use now (see
+    :func:`resolve`); raises BackendError if unknown, broken or unavailable, TypeError if
+    ``name`` is not a string.
+
+    >>> import normcore
+    >>> normcore.get_backend("numpy").name
+    'numpy'
+    """
+    if name is None:
+        return resolve(None)[0]
+    if not isinstance(name, str):
+        raise TypeError(f"a backend is named by a string (or passed as a normcore Backend), got "
+                        f"{type(name).__name__} {name!r}")
     backend = _load(name)
     availability = backend.is_available()
     if not availability:

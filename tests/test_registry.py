@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -44,6 +45,20 @@ def test_unknown_backend_lists_installed_and_closest():
         normcore.get_backend("numpyy")
     msg = str(info.value)
     assert "'numpyy'" in msg and "numpy" in msg and "Did you mean 'numpy'" in msg
+
+
+def test_get_backend_without_a_name_is_the_one_a_call_would_use():
+    assert normcore.get_backend() is registry.resolve()[0]
+    with normcore.use_backend("numpy"):
+        assert normcore.get_backend(None).name == "numpy"
+
+
+@pytest.mark.parametrize("bad", [1, 2.5, b"numpy", ["numpy"]])
+def test_a_backend_that_is_not_a_name_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="a backend is named by a string"):
+        normcore.get_backend(bad)
+    with pytest.raises(TypeError, match="a backend is named by a string"):
+        normcore.LayerNorm(4, backend=bad)
 
 
 def test_selection_precedence(monkeypatch, clean_registry):
@@ -222,3 +237,20 @@ def test_kernel_logging_at_debug(caplog):
 def test_backend_subclass_must_implement_array_conversion():
     with pytest.raises(TypeError):
         Backend()  # abstract
+
+
+def test_numba_backend_is_unavailable_when_numbas_jit_is_disabled():
+    """NUMBA_DISABLE_JIT=1 (a numba debugging switch) leaves the numba backend's LLVM kernels
+    nothing to run on: the backend says so, and automatic selection takes the next one."""
+    pytest.importorskip("numba")
+    code = ("import numpy as np, normcore; "
+            "rows = {r.name: r for r in normcore.list_backends()}; "
+            "print(rows['numba'].status, '|', rows['numba'].reason); "
+            "print(normcore.LayerNorm(4).backend.name)")
+    env = {k: v for k, v in os.environ.items() if k != "NORMCORE_BACKEND"}
+    env["NUMBA_DISABLE_JIT"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    status, chosen = out.stdout.strip().splitlines()
+    assert status.startswith("unavailable | NUMBA_DISABLE_JIT is set")
+    assert chosen != "numba"

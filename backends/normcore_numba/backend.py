@@ -391,9 +391,13 @@ class NumbaBackend(Backend):
     # -------------------------------------------------------------- housekeeping
     def is_available(self) -> Availability:
         try:
-            import numba  # noqa: F401
+            import numba
         except Exception as exc:  # ImportError, or a broken llvmlite install
             return Availability(False, f"numba cannot be imported: {exc}")
+        if numba.config.DISABLE_JIT:
+            # the kernels are LLVM IR (intrinsics), which has no pure-Python form
+            return Availability(False, "NUMBA_DISABLE_JIT is set: the numba backend's kernels "
+                                       "need numba's compiler (unset it to use this backend)")
         return Availability(True)
 
     def version(self) -> str:
