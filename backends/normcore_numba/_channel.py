@@ -64,6 +64,10 @@ from ._common import (
 from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1
 from ._vmap import store_fence, vaffine_each, vgrad_each
 
+#: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
+#: that numba's disk cache drops these kernels whenever any of that code changes.
+CODE_SHA256 = "e3f41f65ea1fb0515b6927f29e085ff8139e0dc4a687ea3373e3845e1058b9c7"
+
 # ---------------------------------------------------------------- per-channel finishing (serial)
 # Run after a kernel's blocks, in the same compiled call: merging the (blocks, C, lanes) partials
 # and folding the per-channel coefficients in NumPy cost ~25 us of small-array calls per layer

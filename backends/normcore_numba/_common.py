@@ -8,8 +8,9 @@ deterministic; they are compiled into the parallel kernel that calls them. The h
 once per (possibly short) row are inlined (``inline="always"``): a call per 64-element row costs
 as much as the row; the long-row ones are not (inlining them made LayerNorm slower).
 
-Note for developers: numba's on-disk cache is keyed on the kernel's own source file, so after
-editing this module or ``_simd`` remove ``__pycache__`` to recompile the kernels that inline it.
+Note for developers: numba's on-disk cache is keyed on each kernel's own source file; after
+editing any module of compiled code run ``python -m normcore_numba._fingerprint`` (the test suite
+fails until then) so that every cached kernel is recompiled (see ``_fingerprint``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from numba.np.arrayobj import populate_array
 
 from ._simd import narrow_lanes, vacc0, vacc1, vred0, vred1, vred2
 from ._vmap import vaffine, vaffine_sums, vgrad, vgradw_sums, vnorm, vnorm_sums
+
+#: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
+#: that numba's disk cache drops these kernels whenever any of that code changes.
+CODE_SHA256 = "e3f41f65ea1fb0515b6927f29e085ff8139e0dc4a687ea3373e3845e1058b9c7"
 
 #: Options of the one parallel kernel (``_blocks._run_blocks``; every other kernel is compiled
 #: with HELPER and runs its blocks through it). error_model="numpy": division by zero gives

@@ -60,6 +60,10 @@ from ._common import (
 )
 from ._vmap import store_fence
 
+#: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
+#: that numba's disk cache drops these kernels whenever any of that code changes.
+CODE_SHA256 = "e3f41f65ea1fb0515b6927f29e085ff8139e0dc4a687ea3373e3845e1058b9c7"
+
 
 @njit(inline="always", **HELPER)
 def _moments(s1, s2, k, m, center):
