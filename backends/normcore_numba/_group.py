@@ -62,7 +62,7 @@ from ._vmap import store_fence
 
 #: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
 #: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "e3f41f65ea1fb0515b6927f29e085ff8139e0dc4a687ea3373e3845e1058b9c7"
+CODE_SHA256 = "1ea4d2d0eab26425daf45d856cfe6e8f25ae6fcd978754a70f060b36aa707b57"
 
 
 @njit(inline="always", **HELPER)

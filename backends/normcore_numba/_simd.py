@@ -61,6 +61,14 @@ _F32 = ir.FloatType()
 _I32 = ir.IntType(32)
 
 
+def shift_moved(builder, d, moved, plain):
+    """``moved`` (a sum carried from the float32 shift onto the float64 one by ``d``), or ``plain``
+    where d is 0: the carry then adds exactly nothing, and skipping it keeps an infinite sum from
+    becoming NaN (0 * inf). RMSNorm's shift is 0, and torch gives an infinite input's row zeros and
+    one NaN, not a row of NaN."""
+    return builder.select(builder.fcmp_ordered("==", d, ir.Constant(_F64, 0.0)), plain, moved)
+
+
 def _hsum(builder, v):
     """Fixed-order tree sum of the lanes: add the upper half onto the lower half until one lane
     is left (log2(width) dependent vector adds instead of width dependent scalar adds)."""
@@ -219,11 +227,13 @@ def _codegen(mode, into=False):
             d = builder.fsub(k_used, k)
             if mode == 0:
                 cnt = builder.sitofp(n, _F64)
-                s2 = builder.fadd(builder.fadd(s2, builder.fmul(builder.fmul(d, ir.Constant(_F64, 2.0)), s1)),
-                                  builder.fmul(cnt, builder.fmul(d, d)))
-                s1 = builder.fadd(s1, builder.fmul(cnt, d))
+                two_d = builder.fmul(d, ir.Constant(_F64, 2.0))
+                s2m = builder.fadd(builder.fadd(s2, builder.fmul(two_d, s1)),
+                                   builder.fmul(cnt, builder.fmul(d, d)))
+                s1m = builder.fadd(s1, builder.fmul(cnt, d))
+                s1, s2 = shift_moved(builder, d, s1m, s1), shift_moved(builder, d, s2m, s2)
             else:
-                s2 = builder.fadd(s2, builder.fmul(d, s1))
+                s2 = shift_moved(builder, d, builder.fadd(s2, builder.fmul(d, s1)), s2)
         return context.make_tuple(builder, sig.return_type, [s1, s2])
 
     return codegen

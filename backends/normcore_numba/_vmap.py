@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from ._simd import _F32, FLUSH, UNROLL, _convert, _hsum, _splat
+from ._simd import _F32, FLUSH, UNROLL, _convert, _hsum, _splat, shift_moved
 
 W = 16
 ALIGN = 64
@@ -394,8 +394,8 @@ class _NextRowSums(_BlockedSums):
         if self.blocked:  # x - k = (x - k_used) + d
             d = b.fsub(self.k_used, self.k)
             cnt = b.sitofp(self.n, _F64)
-            s2 = b.fadd(b.fadd(s2, b.fmul(b.fmul(d, ir.Constant(_F64, 2.0)), s1)), b.fmul(cnt, b.fmul(d, d)))
-            s1 = b.fadd(s1, b.fmul(cnt, d))
+            s2m = b.fadd(b.fadd(s2, b.fmul(b.fmul(d, ir.Constant(_F64, 2.0)), s1)), b.fmul(cnt, b.fmul(d, d)))
+            s1, s2 = shift_moved(b, d, b.fadd(s1, b.fmul(cnt, d)), s1), shift_moved(b, d, s2m, s2)
         return context.make_tuple(b, sig.return_type, [s1, s2])
 
 
@@ -433,7 +433,8 @@ class _NextRowWSums(_BlockedSums):
         b = self.builder
         s1, s2 = self.totals()
         if self.blocked:  # x - mu = (x - mu_used) + d
-            s2 = b.fadd(s2, b.fmul(b.fsub(self.mu_used, self.mu), s1))
+            d = b.fsub(self.mu_used, self.mu)
+            s2 = shift_moved(b, d, b.fadd(s2, b.fmul(d, s1)), s2)
         return context.make_tuple(b, sig.return_type, [s1, s2])
 
 
