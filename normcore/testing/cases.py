@@ -380,6 +380,37 @@ def _constant_case(backend: Backend) -> None:
                                  "expected zeros")
 
 
+def _same_nonfinite(got: Any, want: Any, what: str) -> None:
+    a = np.asarray(normcore.to_numpy(got), dtype=np.float64)
+    e = np.asarray(normcore.to_numpy(want), dtype=np.float64)
+    for kind, test in (("NaN", np.isnan), ("+inf", np.isposinf), ("-inf", np.isneginf)):
+        if not np.array_equal(test(a), test(e)):
+            raise AssertionError(f"{what}: {kind} at {int(test(a).sum())} places, expected "
+                                 f"{int(test(e).sum())} (the reference's, as torch)")
+    finite = np.isfinite(e)
+    assert_close(a[finite], e[finite], "float32", what)
+
+
+def _nonfinite_case(bad: float, backend: Backend) -> None:
+    """One NaN or infinity in the input spreads as in the reference, which spreads it as torch:
+    a centred row or channel holding it is all NaN; an RMS row holding an infinity is zeros and
+    one NaN (x / inf); the other rows and channels are untouched."""
+    ref = normcore.get_backend(REFERENCE)
+    x = _data((3, 2, 4, 5), "float32", "nonfinite")  # (N, G, D, L): rows of G * D * L
+    x.reshape(-1)[13] = bad
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for center in (True, False):
+            got = _k(backend, "group_normalize")(_to(backend, x), None, None, 1e-5, center)[0]
+            want = ref.group_normalize(x, None, None, 1e-5, center)[0]
+            _same_nonfinite(got, want, f"group_normalize center={center}")
+        x3 = x.reshape(3, 8, 5)
+        m, v = _k(backend, "channel_moments")(_to(backend, x3))
+        mr, vr = ref.channel_moments(x3)
+        _same_nonfinite(m, mr, "channel_moments mean")
+        y = _k(backend, "channel_normalize")(_to(backend, x3), m, v, 1e-5, None, None)
+        _same_nonfinite(y, ref.channel_normalize(x3, mr, vr, 1e-5, None, None), "channel_normalize")
+
+
 def _reference_cases() -> list[Case]:
     cases: list[Case] = []
     ch = ("channel_moments", "channel_normalize", "channel_normalize_backward")
@@ -450,6 +481,9 @@ def _reference_cases() -> list[Case]:
                           functools.partial(_precision_backward_case, layout),
                           ("channel_normalize_backward",), big=True))
     cases.append(Case("constant-input", _constant_case, ch[:2] + gr[:1]))
+    for name, bad in (("nan", np.nan), ("inf", np.inf), ("-inf", -np.inf)):
+        cases.append(Case(f"nonfinite:{name}", functools.partial(_nonfinite_case, bad),
+                          ch[:2] + gr[:1]))
     return cases
 
 
