@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,11 +36,25 @@ Array = Any
 logger = logging.getLogger("normcore")
 
 __all__ = [
-    "Parameter", "Module",
+    "Parameter", "Module", "IncompatibleKeys",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
     "LayerNorm", "GroupNorm", "RMSNorm", "Dropout",
 ]
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :meth:`Module.load_state_dict` found, as torch returns it: the module's keys that the
+    state dict lacked, and the state dict's keys that the module does not have."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return (f"IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+                f"unexpected_keys={self.unexpected_keys!r})")
 
 
 class Module:
@@ -122,11 +136,17 @@ class Module:
     def _optional_keys(self) -> set[str]:
         return set()
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
-        """Load arrays (NumPy, or anything ``numpy.asarray`` takes, e.g. torch tensors' ``.numpy()``).
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True
+                        ) -> IncompatibleKeys:
+        """Load arrays (NumPy, or anything ``numpy.asarray`` takes, e.g. torch's CPU tensors).
 
         Everything is checked before anything is assigned: unknown keys, missing keys (when
         ``strict``) and shape mismatches raise RuntimeError and leave the module as it was.
+        Returns the missing and unexpected keys, as torch does (both empty when ``strict``).
+
+        >>> import numpy as np, normcore
+        >>> normcore.LayerNorm(3).load_state_dict({"weight": np.ones(3)}, strict=False)
+        IncompatibleKeys(missing_keys=['bias'], unexpected_keys=[])
         """
         expected = {k: tuple(p.shape) for k, p in self.named_parameters()}
         expected.update({k: tuple(np.shape(b)) for k, b in self.named_buffers()})
@@ -157,6 +177,7 @@ class Module:
                 self._params[key].data = self.backend.asarray(value.astype(self.dtype, copy=True))
             else:
                 self._buffers[key] = self.backend.asarray(value.astype(self.dtype, copy=True))
+        return IncompatibleKeys(missing, unexpected)
 
     def to(self, backend: str | Backend) -> Module:
         """Move parameters, gradients and buffers to another backend (in place; returns self)."""

@@ -85,6 +85,21 @@ def test_state_dict_keys_follow_configuration():
     assert normcore.BatchNorm1d(3).state_dict()["num_batches_tracked"].dtype == np.int64
 
 
+def test_load_state_dict_reports_missing_and_unexpected_keys_like_torch():
+    bn = normcore.BatchNorm1d(2)
+    full = bn.state_dict()
+    result = bn.load_state_dict(full)
+    assert result == ([], []) and repr(result) == "<All keys matched successfully>"
+    partial = {"weight": np.ones(2, np.float32), "extra": np.zeros(1)}
+    missing, unexpected = bn.load_state_dict(partial, strict=False)
+    assert missing == ["bias", "running_mean", "running_var"] and unexpected == ["extra"]
+    assert bn.load_state_dict(partial, strict=False).missing_keys == missing
+    torch = pytest.importorskip("torch")
+    want = torch.nn.BatchNorm1d(2).load_state_dict(
+        {k: torch.from_numpy(np.asarray(v)) for k, v in partial.items()}, strict=False)
+    assert (sorted(want.missing_keys), sorted(want.unexpected_keys)) == (missing, unexpected)
+
+
 def test_missing_num_batches_tracked_loads_like_torch():
     bn = normcore.BatchNorm1d(2)
     state = bn.state_dict()
