@@ -109,6 +109,17 @@ class Module:
     def named_buffers(self) -> Iterator[tuple[str, Array]]:
         return ((k, b) for k, b in self._buffers.items() if b is not None)
 
+    def buffers(self) -> Iterator[Array]:
+        """The module's buffers (running statistics, ``num_batches_tracked``), skipping absent ones."""
+        return (b for _, b in self.named_buffers())
+
+    def reset_parameters(self) -> None:
+        """Weights to ones and biases to zeros, in place: the same Parameter objects keep their
+        identity (as torch's ``init.ones_``/``init.zeros_``), so an optimizer holding them keeps
+        updating the module's own. Gradients are left as they are."""
+        for name, p in self.named_parameters():
+            p.data = self.backend.full(p.shape, 1.0 if name == "weight" else 0.0, self.dtype)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients: to None (torch's default) or to zeros."""
         for p in self.parameters():
@@ -264,9 +275,7 @@ class _NormBase(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
-            self._param("weight", (self.num_features,), 1.0)
-            self._param("bias", (self.num_features,), 0.0)
+        super().reset_parameters()
 
     def _optional_keys(self) -> set[str]:
         return {"num_batches_tracked"}  # torch fills it with 0 for old checkpoints

@@ -230,3 +230,26 @@ def test_functional_takes_module_parameters_as_torch_does(backend, rng):
          F.weight_standardization(w.data, backend=backend))
     with pytest.raises(ValueError, match=r"weight must have shape \(6,\).*got \(5,\)"):
         F.group_norm(x, 2, ln.weight, backend=backend)  # a Parameter of the wrong shape
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LAYERS))
+def test_reset_parameters_in_place_like_torch(name, backend, rng):
+    """torch's reset_parameters fills the same Parameter objects (init.ones_, init.zeros_): an
+    optimizer that holds them keeps updating the module's own."""
+    factory, shape = ALL_LAYERS[name]
+    layer = factory(backend)
+    held = list(layer.parameters())
+    x = rng.normal(size=shape).astype(np.float32)
+    layer(x)
+    layer.backward(x)
+    for p in held:
+        p.data = p.data - 0.5 * p.grad
+    layer.reset_parameters()
+    now = list(layer.parameters())
+    assert len(now) == len(held) and all(a is b for a, b in zip(now, held, strict=True))
+    for pname, p in layer.named_parameters():
+        np.testing.assert_array_equal(normcore.to_numpy(p.data), 1.0 if pname == "weight" else 0.0)
+    if getattr(layer, "track_running_stats", False):
+        np.testing.assert_array_equal(normcore.to_numpy(layer.running_mean), 0.0)
+        assert int(layer.num_batches_tracked) == 0
+    assert [np.shape(b) for b in layer.buffers()] == [np.shape(b) for _, b in layer.named_buffers()]
