@@ -107,6 +107,22 @@ class Backend(abc.ABC):
         """Version string shown by ``normcore info`` (e.g. the version of the library it wraps)."""
         return ""
 
+    # A backend is a service, not data: copying a module (copy.deepcopy, pickle) keeps the
+    # registry's instance, so the copy and the original run on the very same backend, and a
+    # pickle loaded in another process finds that process's backend by name (or says why not).
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        from . import registry  # import here: registry imports this module
+
+        if registry._loaded.get(self.name) is self:
+            return registry.get_backend, (self.name,)
+        return super().__reduce_ex__(protocol)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Backend:
+        return self
+
+    def __copy__(self) -> Backend:
+        return self
+
     @abc.abstractmethod
     def asarray(self, obj: Any, dtype: Any = None) -> Any:
         """Convert ``obj`` to this backend's array type without copying when it already is one.

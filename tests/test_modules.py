@@ -253,3 +253,19 @@ def test_reset_parameters_in_place_like_torch(name, backend, rng):
         np.testing.assert_array_equal(normcore.to_numpy(layer.running_mean), 0.0)
         assert int(layer.num_batches_tracked) == 0
     assert [np.shape(b) for b in layer.buffers()] == [np.shape(b) for _, b in layer.named_buffers()]
+
+
+@pytest.mark.parametrize("name", sorted(ALL_LAYERS))
+def test_copies_and_pickles_keep_the_registry_backend(name, backend, rng):
+    import copy
+    import pickle
+
+    factory, shape = ALL_LAYERS[name]
+    layer = factory(backend)
+    x = rng.normal(size=shape).astype(np.float32)
+    layer(x)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), copy.copy(layer)):
+        assert twin.backend is layer.backend is normcore.get_backend(backend)
+        np.testing.assert_array_equal(normcore.to_numpy(twin.eval()(x)),
+                                      normcore.to_numpy(layer.eval()(x)))
+        layer.train()
