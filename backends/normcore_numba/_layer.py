@@ -39,7 +39,6 @@ from typing import Any
 _state_lock = threading.Lock()
 _settled = False  # nothing left to do before a kernel runs
 _started = False  # the layer is up in this process
-_fork_unsafe = False  # the layer is GNU OpenMP
 _forked = False  # a child forked after GNU OpenMP started, not told yet
 #: Held around every kernel call when the layer is not threadsafe; reentrant (a kernel method
 #: may call another).
@@ -78,8 +77,9 @@ def _settling(method: Any) -> Any:
 
 def settle() -> None:
     """Start the layer if it is not up, tell a forked child once, and unwrap the kernel methods
-    when no lock is needed. Idempotent; the kernel modules call it too before their first use."""
-    global _settled, _started, _fork_unsafe, _forked, _one_at_a_time
+    when no lock is needed. Idempotent; ``backend._kernels`` calls it too, before it imports
+    a kernel module, for code that reaches the kernels without the backend's methods."""
+    global _settled, _started, _forked, _one_at_a_time
     with _state_lock:
         if _settled:
             return
@@ -93,8 +93,7 @@ def settle() -> None:
             if layer == "omp":
                 from numba.np.ufunc import omppool
 
-                _fork_unsafe = getattr(omppool, "openmp_vendor", "GNU") == "GNU"
-                if _fork_unsafe:
+                if getattr(omppool, "openmp_vendor", "GNU") == "GNU":  # not fork-safe
                     os.register_at_fork(after_in_child=_after_fork_in_child)
             _started = True
         if _forked:
