@@ -23,13 +23,13 @@ import contextvars
 import difflib
 import importlib.metadata as metadata
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import config
 from .backend import API_VERSION, KERNELS, OPTIONAL_KERNELS, Backend
 
 logger = logging.getLogger("normcore")
@@ -91,19 +91,7 @@ class BackendStatus:
 
 
 # ---------------------------------------------------------------------- environment helpers
-def env_flag(name: str, default: bool = False) -> bool:
-    """Parse a boolean environment variable strictly: 1/true/yes/on and 0/false/no/off/''."""
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    warnings.warn(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no); using {default}",
-                  stacklevel=2)
-    return default
+env_flag = config.env_flag  # (kept here too: plugins and the kit import it from the registry)
 
 
 # ---------------------------------------------------------------------- discovery
@@ -275,7 +263,7 @@ def _priority_order() -> list[BackendEntry]:
     entries = _entry_points()
     cpu = sorted((e for e in entries.values() if e.device == "cpu"),
                  key=lambda e: (-e.priority, e.name))
-    raw = os.environ.get("NORMCORE_BACKEND_PRIORITY", "").strip()
+    raw = config.env_str("NORMCORE_BACKEND_PRIORITY")
     if not raw:
         return cpu
     wanted = [n.strip() for n in raw.split(",") if n.strip()]
@@ -294,7 +282,7 @@ def default_backend() -> tuple[Backend, str]:
     INFO log record: a machine without a GPU or without Numba is not a problem to shout about.
     The answer is kept until ``refresh()`` or ``register()`` (per NORMCORE_BACKEND_PRIORITY value).
     """
-    raw = os.environ.get("NORMCORE_BACKEND_PRIORITY", "")
+    raw = config.env_str("NORMCORE_BACKEND_PRIORITY")
     memo = _default_memo.get(raw)
     if memo is None:
         memo = _default_memo[raw] = _first_available()
@@ -316,7 +304,7 @@ def _first_available() -> tuple[Backend, str]:
                 logger.info("skipping backend %r: %s", entry.name, exc)
             continue
         why = ("first available in NORMCORE_BACKEND_PRIORITY"
-               if os.environ.get("NORMCORE_BACKEND_PRIORITY", "").strip()
+               if config.env_str("NORMCORE_BACKEND_PRIORITY")
                else f"highest-priority available CPU backend (priority {entry.priority})")
         if skipped:
             why += "; skipped " + "; ".join(skipped)
@@ -333,7 +321,7 @@ def resolve(backend: str | Backend | None = None) -> tuple[Backend, str]:
     ctx = _context.get()
     if ctx is not None:
         return get_backend(ctx), "use_backend() context"
-    env = os.environ.get("NORMCORE_BACKEND", "").strip()
+    env = config.env_str("NORMCORE_BACKEND")
     if env:
         if env in _entry_points():
             return get_backend(env), "NORMCORE_BACKEND environment variable"
@@ -372,7 +360,7 @@ def configure_logging(level: str | None = None) -> None:
     Runs at import; does nothing unless ``NORMCORE_LOG`` is set (``debug``, ``info``, ``warning``)
     or a level is given. Adds one StreamHandler to the ``normcore`` logger, never to the root one.
     """
-    raw = (level if level is not None else os.environ.get("NORMCORE_LOG", "")).strip()
+    raw = level.strip() if level is not None else config.env_str("NORMCORE_LOG")
     if not raw:
         return
     value = logging.getLevelName(raw.upper())

@@ -1,0 +1,90 @@
+"""One parser for every ``NORMCORE_*`` environment variable.
+
+Each reader takes the variable's name and its default; a value it cannot use gives one warning
+that names the variable, what came and what is accepted, and the default is kept. No variable
+ever makes normcore (or a backend) fail to load.
+
+=============================  ========================  ==========================================
+variable                       accepted                  meaning
+=============================  ========================  ==========================================
+``NORMCORE_BACKEND``           a backend name            the backend when none is named in a call
+``NORMCORE_BACKEND_PRIORITY``  names, comma separated    automatic selection's order
+``NORMCORE_FALLBACK``          1/0, true/false, yes/no   run missing kernels on the reference
+``NORMCORE_LOG``               debug, info, warning      log records of the ``normcore`` logger
+``NORMCORE_NUMBA_POOL_MB``     a number >= 0 (MiB)       the numba output pool's limit (0: off)
+``NORMCORE_NUMBA_SERIAL_MAX``  a whole number >= 0       largest input run on the calling thread
+=============================  ========================  ==========================================
+
+>>> import os
+>>> from normcore.config import env_int
+>>> os.environ["NORMCORE_DOCTEST"] = "12"
+>>> env_int("NORMCORE_DOCTEST", 5)
+12
+>>> del os.environ["NORMCORE_DOCTEST"]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+__all__ = ["env_flag", "env_int", "env_float", "env_str"]
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _warn(name: str, raw: str, accepted: str, default: object) -> None:
+    warnings.warn(f"{name}={raw!r} is not {accepted}; using the default {default!r}",
+                  stacklevel=3)
+
+
+def env_str(name: str, default: str = "") -> str:
+    """The variable's value stripped of white space, or ``default`` when it is not set."""
+    raw = os.environ.get(name)
+    return default if raw is None else raw.strip()
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """A boolean: 1/true/yes/on or 0/false/no/off/'' (any case)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    _warn(name, raw, "a boolean (1/0, true/false, yes/no, on/off)", default)
+    return default
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    """A whole number of at least ``minimum``."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        _warn(name, raw, f"a whole number >= {minimum}", default)
+        return default
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    """A finite number of at least ``minimum``."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < minimum:
+        _warn(name, raw, f"a finite number >= {minimum:g}", default)
+        return default
+    return value
