@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,20 @@ class DTypeError(TypeError, RuntimeError):
     """A wrong dtype (integer input, or a dtype that differs from the parameters'). No silent casts."""
 
 
+#: NumPy array subclasses whose meaning a kernel would drop: a mask, or matrix semantics.
+_REFUSED = (np.ma.MaskedArray, np.matrix)
+
+
 def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
     """``x`` as a floating array of ``backend`` (NumPy input is moved to a GPU backend's device);
     a module's Parameter stands for its data, as torch's functional API takes an nn.Parameter."""
     if isinstance(x, Parameter):
         x = x.data
+    if type(x) is not np.ndarray and isinstance(x, _REFUSED):
+        raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__}, which normcore "
+                        "does not take: a kernel would ignore its "
+                        f"{'mask' if isinstance(x, np.ma.MaskedArray) else 'matrix semantics'}. "
+                        "Pass a plain ndarray (np.ma.filled(x, value) or np.asarray(x))")
     if not backend.is_native(x):
         if not hasattr(x, "dtype") and not isinstance(x, (list, tuple, float, int)):
             raise TypeError(f"{name} must be an array, got {type(x).__name__}")
@@ -43,6 +53,26 @@ def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
 @functools.lru_cache(maxsize=64)
 def _dtype_set(dtypes: tuple[Any, ...]) -> frozenset[np.dtype]:
     return frozenset(np.dtype(d) for d in dtypes)  # cached: this runs on every layer call
+
+
+def check_dtype(dtype: Any, backend: Backend) -> np.dtype:
+    """A layer's dtype: one the backend computes (float16/float32/float64 for the built-in ones)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a NumPy floating dtype, got {dtype!r}") from None
+    if dt not in _dtype_set(tuple(backend.dtypes)):
+        raise TypeError(f"dtype must be a floating dtype that backend {backend.name!r} computes "
+                        f"({_names(backend.dtypes)}), got {dt}")
+    return dt
+
+
+def check_writable(arr: Any, what: str) -> None:
+    """Refuse, before anything runs, an array that an in-place update could not write."""
+    flags = getattr(arr, "flags", None)
+    if flags is not None and not getattr(flags, "writeable", True):
+        raise ValueError(f"{what} is read-only, and normcore updates it in place (as torch "
+                         "does); pass a writable array")
 
 
 def _names(dtypes: Any) -> str:
@@ -69,24 +99,32 @@ def vector(v: Any, backend: Backend, size: int, what: str, x: Any) -> Any:
     return v
 
 
+def is_number(value: Any) -> bool:
+    """A real number, Python's or NumPy's (``np.float32(1e-5)`` is one, as for torch); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_eps(eps: float) -> float:
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps):
+    """eps as a Python float: a finite number >= 0 (NumPy scalars too)."""
+    if not is_number(eps) or not math.isfinite(eps):
         raise TypeError(f"eps must be a finite number, got {eps!r}")
     if eps < 0:
         raise ValueError(f"eps must be non-negative, got {eps}")
     return float(eps)
 
 
-def check_momentum(momentum: float | None, allow_none: bool) -> None:
+def check_momentum(momentum: float | None, allow_none: bool) -> float | None:
+    """momentum as a Python float in [0, 1], or None where a cumulative average is allowed."""
     if momentum is None:
         if not allow_none:
             raise TypeError("momentum must be a number here; None (cumulative average) is "
                             "handled by the modules")
-        return
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        return None
+    if not is_number(momentum):
         raise TypeError(f"momentum must be a number or None, got {momentum!r}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    return float(momentum)
 
 
 def check_positive_int(value: Any, what: str) -> int:

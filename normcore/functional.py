@@ -32,6 +32,8 @@ from ._checks import (
     check_eps,
     check_momentum,
     check_positive_int,
+    check_writable,
+    is_number,
     normalized_shape_tuple,
     numel,
     same_dtype,
@@ -112,7 +114,7 @@ def _channel_args(
 ) -> tuple[Backend, Array, float, tuple[Array | None, ...]]:
     """Validate the arguments BatchNorm and InstanceNorm share; return them on the backend."""
     eps = check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    momentum = check_momentum(momentum, allow_none=False)
     be, x = _prepare(input, backend)
     if x.ndim < min_ndim:
         raise ShapeError(f"{op} expects input of shape {layout}, got {x.ndim}D input of shape "
@@ -123,7 +125,14 @@ def _channel_args(
         (running_var, "running_var")))
     if (vectors[2] is None) != (vectors[3] is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
-    return be, x, eps, vectors
+    return be, x, eps, momentum, vectors
+
+
+def _check_targets(running_mean: Array | None, running_var: Array | None, updates: bool) -> None:
+    """Before anything runs: the running statistics a call will update in place can be written."""
+    if updates and running_mean is not None:
+        check_writable(running_mean, "running_mean")
+        check_writable(running_var, "running_var")
 
 
 def _commit(update: RunningUpdate | None, running_mean: Array, running_var: Array) -> None:
@@ -148,9 +157,11 @@ def _batch_norm(
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
     """batch_norm without side effects: returns the running statistics to commit."""
-    be, x, eps, (weight, bias, running_mean, running_var) = _channel_args(
+    be, x, eps, momentum, (weight, bias, running_mean, running_var) = _channel_args(
         "batch_norm", "(N, C, *)", 2, input, weight, bias, running_mean, running_var, momentum,
         eps, backend)
+    if training and eps <= 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     n_, c = x.shape[0], x.shape[1]
     per_channel = numel(tuple(x.shape)) // c if c else 0
     if training and per_channel == 1:
@@ -204,6 +215,7 @@ def batch_norm(
     >>> y.astype(float).round(4).tolist(), rm.astype(float).round(4).tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [0.2, 0.4])
     """
+    _check_targets(running_mean, running_var, bool(training))
     y, saved, update = _batch_norm(input, running_mean, running_var, weight, bias, training,
                                    momentum, eps, backend)
     _commit(update, running_mean, running_var)
@@ -216,7 +228,7 @@ def _instance_norm(
     bias: Array | None, use_input_stats: bool, momentum: float, eps: float,
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
-    be, x, eps, (weight, bias, running_mean, running_var) = _channel_args(
+    be, x, eps, momentum, (weight, bias, running_mean, running_var) = _channel_args(
         "instance_norm", "(N, C, *spatial)", 3, input, weight, bias, running_mean, running_var,
         momentum, eps, backend)
     n_, c = x.shape[0], x.shape[1]
@@ -242,6 +254,8 @@ def _instance_norm(
             new_mean, new_var = _call(be, "running_update", running_mean, running_var, mean, var,
                                       momentum, spatial / (spatial - 1))
             update = RunningUpdate(new_mean, new_var)
+        if eps == 0:
+            y, var = _constant_planes_without_eps(be, y, var, bias)
         saved.x, saved.mean, saved.var = x4, mean, var
         saved.weight = _reshape_param(be, weight, (c, 1))
     else:
@@ -249,6 +263,23 @@ def _instance_norm(
         y = _call(be, "channel_normalize", x3, running_mean, running_var, eps, weight, bias)
         saved.x, saved.mean, saved.var = x3, running_mean, running_var
     return y.reshape(x.shape), saved, update
+
+
+def _constant_planes_without_eps(be: Backend, y4: Array, var: Array, bias: Array | None
+                                 ) -> tuple[Array, Array]:
+    """torch's instance norm takes ``invstd = 0`` where ``var == 0`` and ``eps == 0`` (a
+    constant plane): its output is the bias and its gradients 0, where ``1 / sqrt(0)`` gives NaN.
+    The kernels keep the contract's ``rstd = 1 / sqrt(var + eps)``; this rare case (eps == 0 and
+    a constant plane) is mended on the host: y set to the bias there, and an infinite variance
+    saved for the backward, whose ``rstd`` is then exactly 0."""
+    var_h = np.asarray(be.to_numpy(var))
+    flat = var_h == 0
+    if not flat.any():
+        return y4, var
+    y_h = np.array(be.to_numpy(y4))
+    b = 0.0 if bias is None else np.asarray(be.to_numpy(bias), dtype=y_h.dtype)[None, :, None]
+    y_h[:, :, 0, :] = np.where(flat[:, :, None], b, y_h[:, :, 0, :])
+    return be.asarray(y_h), be.asarray(np.where(flat, np.inf, var_h).astype(var_h.dtype))
 
 
 def instance_norm(
@@ -266,6 +297,7 @@ def instance_norm(
     >>> y.round(4).tolist()
     [[[-1.0, 1.0]]]
     """
+    _check_targets(running_mean, running_var, bool(use_input_stats))
     y, saved, update = _instance_norm(input, running_mean, running_var, weight, bias,
                                       use_input_stats, momentum, eps, backend)
     _commit(update, running_mean, running_var)
@@ -279,8 +311,8 @@ def _row_norm(
 ) -> tuple[Array, Saved]:
     shape = normalized_shape_tuple(normalized_shape)
     be, x = _prepare(input, backend)
-    if eps is None:
-        eps = float(np.finfo(x.dtype).eps)
+    if eps is None:  # torch: the epsilon of the type it computes in (float32 for float16)
+        eps = float(np.finfo(np.promote_types(x.dtype, np.float32)).eps)
     eps = check_eps(eps)
     k = len(shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
@@ -496,7 +528,7 @@ def weight_standardization_backward(grad_output: Array, saved: Saved) -> Array:
 
 # ---------------------------------------------------------------------- dropout
 def check_dropout_p(p: float) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+    if not is_number(p) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p!r}")
     return float(p)
 

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -23,6 +25,7 @@ from . import registry
 from ._checks import (
     ShapeError,
     as_input,
+    check_dtype,
     check_eps,
     check_momentum,
     check_positive_int,
@@ -58,7 +61,14 @@ class IncompatibleKeys(NamedTuple):
 
 
 class Module:
-    """Base of every layer: backend, training flag, parameters, buffers and state_dict."""
+    """Base of every layer: backend, training flag, parameters, buffers and state_dict.
+
+    Threads: a layer may be called from several threads at once. Each thread's forward keeps its
+    own context for that thread's backward (threads never get each other's gradients), and the
+    read-modify-write of running statistics, of ``num_batches_tracked`` and of gradient
+    accumulation runs under the layer's lock, so no update is lost (concurrent training forwards
+    of one BatchNorm run one after the other; evaluation and stateless layers run side by side).
+    """
 
     def __init__(self, backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
         self.backend: Backend
@@ -67,13 +77,33 @@ class Module:
         self._backend_why = f"chosen at construction: {why}"
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: backend %r selected (%s)", type(self).__name__, self.backend.name, why)
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise TypeError(f"dtype must be a floating dtype, got {self.dtype}")
+        self.dtype = check_dtype(dtype, self.backend)
         self.training = True
         self._params: dict[str, Parameter | None] = {}
         self._buffers: dict[str, Array | None] = {}
-        self._saved: F.Saved | None = None
+        self._new_locks()
+
+    # -------------------------------------------------------------- threads
+    def _new_locks(self) -> None:
+        object.__setattr__(self, "_lock", threading.RLock())
+        object.__setattr__(self, "_local", threading.local())
+
+    @property
+    def _saved(self) -> F.Saved | None:
+        """What this thread's last forward kept for its backward (None after the backward)."""
+        return getattr(self._local, "saved", None)
+
+    @_saved.setter
+    def _saved(self, saved: F.Saved | None) -> None:
+        self._local.saved = saved
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy or a pickle starts with locks and saved contexts of its own
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_local")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_locks()
 
     # -------------------------------------------------------------- parameters and buffers
     def _param(self, name: str, shape: tuple[int, ...] | None, value: float) -> None:
@@ -117,8 +147,9 @@ class Module:
         """Weights to ones and biases to zeros, in place: the same Parameter objects keep their
         identity (as torch's ``init.ones_``/``init.zeros_``), so an optimizer holding them keeps
         updating the module's own. Gradients are left as they are."""
-        for name, p in self.named_parameters():
-            p.data = self.backend.full(p.shape, 1.0 if name == "weight" else 0.0, self.dtype)
+        with self._lock:
+            for name, p in self.named_parameters():
+                p.data = self.backend.full(p.shape, 1.0 if name == "weight" else 0.0, self.dtype)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients: to None (torch's default) or to zeros."""
@@ -168,31 +199,47 @@ class Module:
             errors.append(f"Unexpected key(s) in state_dict: {', '.join(unexpected)}")
         if strict and missing:
             errors.append(f"Missing key(s) in state_dict: {', '.join(missing)}")
-        staged: dict[str, np.ndarray] = {}
+        staged: dict[str, Any] = {}
         for key, shape in expected.items():
-            if key not in state_dict:
-                continue
-            value = np.asarray(state_dict[key])
-            if tuple(value.shape) != shape:
-                errors.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{tuple(value.shape)}, the shape in current model is {shape}")
-                continue
-            staged[key] = value
+            if key in state_dict:
+                try:
+                    staged[key] = self._stage(key, state_dict[key], shape)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    errors.append(f"{key}: {exc}")
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
                                + "\n\t".join(errors))
-        for key, value in staged.items():
-            if key == "num_batches_tracked":
-                self._buffers[key] = np.array(int(value), dtype=np.int64)
-            elif key in self._params:
-                self._params[key].data = self.backend.asarray(value.astype(self.dtype, copy=True))
-            else:
-                self._buffers[key] = self.backend.asarray(value.astype(self.dtype, copy=True))
+        with self._lock:  # every value converted: nothing below can fail half way
+            for key, value in staged.items():
+                if key in self._params:
+                    self._params[key].data = value
+                else:
+                    self._buffers[key] = value
         return IncompatibleKeys(missing, unexpected)
+
+    def _stage(self, key: str, raw: Any, shape: tuple[int, ...]) -> Any:
+        """``raw`` converted for ``key``: the module's dtype on its backend, or an int64 counter."""
+        value = np.asarray(raw)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"size mismatch for {key}: copying a param with shape "
+                             f"{tuple(value.shape)}, the shape in current model is {shape}")
+        if value.dtype.kind not in "fiu":
+            raise TypeError(f"expected a real number array, got dtype {value.dtype}")
+        if key == "num_batches_tracked":
+            count = float(value) if value.dtype.kind == "f" else int(value)
+            if not (math.isfinite(count) and count == int(count) and 0 <= count < 2**63):
+                raise ValueError(f"expected a whole number in [0, 2**63), got {raw!r}")
+            return np.array(int(count), dtype=np.int64)
+        return self.backend.asarray(value.astype(self.dtype, copy=True))
 
     def to(self, backend: str | Backend) -> Module:
         """Move parameters, gradients and buffers to another backend (in place; returns self)."""
         target = registry.select(backend)
+        with self._lock:
+            self._move(target)
+        return self
+
+    def _move(self, target: Backend) -> None:
         for p in self.parameters():
             p.data = target.asarray(self.backend.to_numpy(p.data))
             if p.grad is not None:
@@ -200,9 +247,8 @@ class Module:
         for k, b in list(self.named_buffers()):
             if k != "num_batches_tracked":
                 self._buffers[k] = target.asarray(self.backend.to_numpy(b))
-        self.backend, self._saved = target, None
-        self._backend_why = "moved there with .to()"
-        return self
+        self.backend, self._backend_why = target, "moved there with .to()"
+        self._new_locks()  # (no saved context survives the move, in any thread)
 
     # -------------------------------------------------------------- forward/backward
     def __call__(self, input: Array) -> Array:
@@ -223,9 +269,10 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(), or "
                                "twice for one forward: run forward first")
         dx, dweight, dbias = self._backward(grad_output, self._saved)
-        for p, g in ((self._params.get("weight"), dweight), (self._params.get("bias"), dbias)):
-            if p is not None and g is not None:
-                p.grad = g if p.grad is None else p.grad + g
+        with self._lock:
+            for p, g in ((self._params.get("weight"), dweight), (self._params.get("bias"), dbias)):
+                if p is not None and g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
         self._saved = None
         return dx
 
@@ -252,16 +299,17 @@ class _NormBase(Module):
     """Shared state of BatchNorm and InstanceNorm (torch's ``_NormBase``)."""
 
     def __init__(self, num_features: int, eps: float, momentum: float | None, affine: bool,
-                 track_running_stats: bool, backend: str | Backend | None, dtype: Any) -> None:
+                 track_running_stats: bool, bias: bool, backend: str | Backend | None,
+                 dtype: Any) -> None:
         super().__init__(backend, dtype)
         self.num_features = check_positive_int(num_features, "num_features")
         self.eps = check_eps(eps)
-        check_momentum(momentum, allow_none=True)
-        self.momentum, self.affine = momentum, bool(affine)
+        self.momentum = check_momentum(momentum, allow_none=True)
+        self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         shape = (self.num_features,) if self.affine else None
         self._param("weight", shape, 1.0)
-        self._param("bias", shape, 0.0)
+        self._param("bias", shape if bias else None, 0.0)
         self._buffers.update(running_mean=None, running_var=None, num_batches_tracked=None)
         if self.track_running_stats:
             self.reset_running_stats()
@@ -269,13 +317,15 @@ class _NormBase(Module):
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
             c = (self.num_features,)
-            self._buffers.update(running_mean=self.backend.full(c, 0.0, self.dtype),
-                                 running_var=self.backend.full(c, 1.0, self.dtype),
-                                 num_batches_tracked=np.array(0, dtype=np.int64))
+            with self._lock:
+                self._buffers.update(running_mean=self.backend.full(c, 0.0, self.dtype),
+                                     running_var=self.backend.full(c, 1.0, self.dtype),
+                                     num_batches_tracked=np.array(0, dtype=np.int64))
 
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        super().reset_parameters()
+        with self._lock:
+            self.reset_running_stats()
+            super().reset_parameters()
 
     def _optional_keys(self) -> set[str]:
         return {"num_batches_tracked"}  # torch fills it with 0 for old checkpoints
@@ -296,9 +346,10 @@ class _BatchNorm(_NormBase):
     _dims: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *,
+                 affine: bool = True, track_running_stats: bool = True, *, bias: bool = True,
                  backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, backend, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias, backend,
+                         dtype)
 
     def forward(self, input: Array) -> Array:
         input = as_input(input, self.backend)
@@ -307,8 +358,13 @@ class _BatchNorm(_NormBase):
         if channels != self.num_features:
             raise ShapeError(f"expected input with {self.num_features} channels at dim 1, got "
                              f"{channels} (input shape {tuple(input.shape)})")
+        if self.training and self.track_running_stats:
+            with self._lock:  # read, update and commit the running statistics as one step
+                return self._forward(input, True)
+        return self._forward(input, False)
+
+    def _forward(self, input: Array, update_stats: bool) -> Array:
         buffers = self._buffers  # (not the attribute lookups: each misses __dict__ first)
-        update_stats = self.training and self.track_running_stats
         tracked = int(buffers["num_batches_tracked"]) + 1 if update_stats else 0
         factor = 0.0 if self.momentum is None else self.momentum
         if update_stats and self.momentum is None:
@@ -372,9 +428,10 @@ class _InstanceNorm(_NormBase):
     _dims: tuple[int, ...] = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = False, track_running_stats: bool = False, *,
+                 affine: bool = False, track_running_stats: bool = False, *, bias: bool = True,
                  backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, backend, dtype)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, bias, backend,
+                         dtype)
 
     def _optional_keys(self) -> set[str]:
         return {"num_batches_tracked"}
@@ -394,15 +451,23 @@ class _InstanceNorm(_NormBase):
                           "can silence this warning by not passing in num_features, which is not "
                           "used because affine=False", stacklevel=2)
         x = input.reshape((1,) + shape) if unbatched else input
+        if self.training and self.track_running_stats:
+            with self._lock:  # read, update and commit the running statistics as one step
+                y, saved = self._forward(x)
+        else:
+            y, saved = self._forward(x)
+        saved.extra["unbatched_shape"] = shape if unbatched else None
+        self._saved = saved
+        return y.reshape(shape) if unbatched else y
+
+    def _forward(self, x: Array) -> tuple[Array, F.Saved]:
         momentum = self.momentum if self.momentum is not None else 0.0  # as torch
         y, saved, update = F._instance_norm(
             x, self.running_mean, self.running_var, self._weight(), self._bias(),
             self.training or not self.track_running_stats, momentum, self.eps, self.backend)
         if update is not None:
             self._buffers.update(running_mean=update.mean, running_var=update.var)
-        saved.extra["unbatched_shape"] = shape if unbatched else None
-        self._saved = saved
-        return y.reshape(shape) if unbatched else y
+        return y, saved
 
     def _backward(self, grad_output: Array, saved: F.Saved) -> tuple[Array, Array, Array]:
         shape = saved.extra.get("unbatched_shape")
@@ -520,7 +585,7 @@ class GroupNorm(Module):
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, *, backend: str | Backend | None = None,
+                 affine: bool = True, *, bias: bool = True, backend: str | Backend | None = None,
                  dtype: Any = np.float32) -> None:
         super().__init__(backend, dtype)
         self.num_groups = check_positive_int(num_groups, "num_groups")
@@ -532,7 +597,7 @@ class GroupNorm(Module):
         self.affine = bool(affine)
         shape = (self.num_channels,) if self.affine else None
         self._param("weight", shape, 1.0)
-        self._param("bias", shape, 0.0)
+        self._param("bias", shape if bias else None, 0.0)
 
     def forward(self, input: Array) -> Array:
         input = as_input(input, self.backend)
@@ -577,6 +642,8 @@ class Dropout(Module):
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
     def forward(self, input: Array) -> Array:
+        if self.inplace:
+            F.check_writable(input, "Dropout(inplace=True)'s input")  # before the RNG moves
         y, self._saved = F.dropout(input, self.p, self.training, rng=self.rng,
                                    backend=self.backend)
         if self.inplace and y is not input:
