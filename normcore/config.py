@@ -11,8 +11,11 @@ variable                       accepted                  meaning
 ``NORMCORE_BACKEND_PRIORITY``  names, comma separated    automatic selection's order
 ``NORMCORE_FALLBACK``          1/0, true/false, yes/no   run missing kernels on the reference
 ``NORMCORE_LOG``               debug, info, warning      log records of the ``normcore`` logger
-``NORMCORE_NUMBA_POOL_MB``     a number >= 0 (MiB)       the numba output pool's limit (0: off)
+``NORMCORE_NUMBA_POOL_MB``     0 to 2**44 (MiB)          the numba output pool's limit (0: off)
 ``NORMCORE_NUMBA_SERIAL_MAX``  a whole number >= 0       largest input run on the calling thread
+``NORMCORE_CUDASIM_SHUFFLE``   1/0, true/false, yes/no   CUDA simulator: emulate warp shuffles
+``NORMCORE_TEST_BACKEND``      names, comma separated    backends the test suites run on
+``NORMCORE_TEST_QUICK``        1/0, true/false, yes/no   the conformance kit's short run
 =============================  ========================  ==========================================
 
 >>> import os
@@ -60,8 +63,8 @@ def env_flag(name: str, default: bool = False) -> bool:
     return default
 
 
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    """A whole number of at least ``minimum``."""
+def env_int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """A whole number of at least ``minimum`` (and at most ``maximum``, if given)."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
@@ -69,14 +72,15 @@ def env_int(name: str, default: int, minimum: int = 0) -> int:
         value = int(raw.strip())
     except ValueError:
         value = None
-    if value is None or value < minimum:
-        _warn(name, raw, f"a whole number >= {minimum}", default)
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        _warn(name, raw, f"a whole number {_bounds(minimum, maximum)}", default)
         return default
     return value
 
 
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    """A finite number of at least ``minimum``."""
+def env_float(name: str, default: float, minimum: float = 0.0,
+              maximum: float | None = None) -> float:
+    """A finite number of at least ``minimum`` (and at most ``maximum``, if given)."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
@@ -84,7 +88,14 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
         value = float(raw.strip())
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < minimum:
-        _warn(name, raw, f"a finite number >= {minimum:g}", default)
+    if not math.isfinite(value) or value < minimum or (maximum is not None and value > maximum):
+        _warn(name, raw, f"a finite number {_bounds(minimum, maximum)}", default)
         return default
     return value
+
+
+def _bounds(minimum: float, maximum: float | None) -> str:
+    def num(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+    return f">= {num(minimum)}" if maximum is None else f"from {num(minimum)} to {num(maximum)}"

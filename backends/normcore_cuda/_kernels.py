@@ -43,6 +43,8 @@ import threading
 import numpy as np
 from numba import cuda
 
+from normcore.config import env_flag
+
 try:  # the authoritative switch once numba is imported
     from numba import config as _nb_config
 
@@ -139,7 +141,7 @@ def slabs(c: int, m: int) -> int:
 #: ``NORMCORE_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down. The
 #: conformance kit checks that path too: ``NUMBA_ENABLE_CUDASIM=1 NORMCORE_CUDASIM_SHUFFLE=1
 #: normcore verify --backend numba-cuda --quick``.
-SIM_SHUFFLE = SIMULATOR and os.environ.get("NORMCORE_CUDASIM_SHUFFLE", "0") == "1"
+SIM_SHUFFLE = SIMULATOR and env_flag("NORMCORE_CUDASIM_SHUFFLE")
 
 #: The simulator's ``cuda.shared.array`` allocates a call site's buffer on its first call in a
 #: launch with an unlocked get-then-set, so two threads arriving together can each get their own

@@ -34,23 +34,26 @@ import threading
 
 import numpy as np
 
+from normcore.config import env_float
+
 MIN_BYTES = 1 << 20
 _ALIGN = 64
 
 
+#: The largest NORMCORE_NUMBA_POOL_MB: 2**44 MiB is the whole 64-bit address space.
+MAX_MB = float(1 << 44)
+
+
 def _default_limit() -> int:
-    env = os.environ.get("NORMCORE_NUMBA_POOL_MB")
-    if env is not None:
-        try:
-            return max(0, int(float(env) * (1 << 20)))
-        except ValueError:
-            return 0
+    """Bytes: NORMCORE_NUMBA_POOL_MB (a number of MiB from 0 to MAX_MB; anything else warns and
+    is ignored), else the smaller of 1 GiB and an eighth of physical memory."""
     limit = 1 << 30
     try:
         limit = min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
     except (AttributeError, ValueError, OSError):
         pass
-    return limit
+    mb = env_float("NORMCORE_NUMBA_POOL_MB", limit / (1 << 20), maximum=MAX_MB)
+    return int(mb * (1 << 20))
 
 
 def _refcounts_reliable() -> bool:

@@ -16,14 +16,13 @@ import functools
 import glob
 import importlib
 import math
-import os
 import sys
-import warnings
 from typing import Any
 
 import numpy as np
 
 from normcore.backend import KERNELS, Availability, Backend, dropout_scale, dropout_threshold
+from normcore.config import env_int
 
 from . import _layer
 from ._pool import empty as _out
@@ -45,15 +44,7 @@ def _kernels(name: str):
 
 
 def _serial_max(default: int = 32768) -> int:
-    raw = os.environ.get("NORMCORE_NUMBA_SERIAL_MAX", "").strip()
-    if not raw:
-        return default
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        warnings.warn(f"NORMCORE_NUMBA_SERIAL_MAX={raw!r} is not a whole number of elements; "
-                      f"using {default}", stacklevel=2)
-        return default
+    return env_int("NORMCORE_NUMBA_SERIAL_MAX", default, maximum=sys.maxsize)
 
 
 #: Inputs of at most this many elements run on the calling thread, as one block (see _blocks):

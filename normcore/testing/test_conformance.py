@@ -9,17 +9,16 @@ Backends under test: ``NORMCORE_TEST_BACKEND`` (a comma list), else every availa
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 import normcore
+from normcore.config import env_str
 from normcore.registry import env_flag
 from normcore.testing.cases import all_cases, applies
 
 
 def backends_under_test() -> list[str]:
-    named = [n.strip() for n in os.environ.get("NORMCORE_TEST_BACKEND", "").split(",") if n.strip()]
+    named = [n.strip() for n in env_str("NORMCORE_TEST_BACKEND").split(",") if n.strip()]
     if named:
         return named
     return [b.name for b in normcore.list_backends() if b.available]
