@@ -1,5 +1,7 @@
 """The NumPy reference backend. Written for clarity; it is the oracle every other backend is tested
 against. Reductions run in float64 whatever the input dtype, and results are rounded once at the end.
+Means are taken about one sample of each channel, row or group (``_shifted_mean``), so a constant
+one has exactly its value as mean and 0 as variance, and normalizes to zeros.
 """
 
 from __future__ import annotations
@@ -11,6 +13,18 @@ import numpy as np
 from normcore.backend import Backend, dropout_keep_mask, dropout_scale
 
 _ACC = np.float64
+
+
+def _shifted_mean(xd: np.ndarray, k: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """The mean over ``axis`` as ``k + mean(x - k)``, ``k`` holding one sample of each slice
+    (``k`` keeps the reduced axes as length 1), or 0 where that sample is not finite.
+
+    Summing ``x - k`` rather than x makes the mean of a constant slice exactly the constant
+    (``np.mean`` of a float64 column of 1.7e18 is not: its variance came out as the square of
+    the rounding and the column normalized to 1.0 instead of 0), and an infinite first sample
+    is not subtracted from itself (inf - inf): the mean stays inf, as torch's does."""
+    k = np.where(np.isfinite(k), k, 0.0)
+    return (k + (xd - k).mean(axis=axis, keepdims=True)).squeeze(axis)
 
 
 def _stat_dtype(dtype: np.dtype) -> type:
@@ -38,7 +52,7 @@ class NumpyBackend(Backend):
     # -------------------------------------------------------------- channel view (N, C, L)
     def channel_moments(self, x3):
         xd = x3.astype(_ACC)
-        mean = xd.mean(axis=(0, 2))
+        mean = _shifted_mean(xd, xd[:1, :, :1], (0, 2))
         var = ((xd - mean[None, :, None]) ** 2).mean(axis=(0, 2))
         sd = _stat_dtype(x3.dtype)
         return mean.astype(sd), var.astype(sd)
@@ -76,7 +90,7 @@ class NumpyBackend(Backend):
     def group_normalize(self, x4, weight, bias, eps, center):
         xd = x4.astype(_ACC)
         if center:
-            mean = xd.mean(axis=(2, 3))
+            mean = _shifted_mean(xd, xd[:, :, :1, :1], (2, 3))
             var = ((xd - mean[:, :, None, None]) ** 2).mean(axis=(2, 3))
         else:
             mean = np.zeros(x4.shape[:2], dtype=_ACC)
@@ -108,7 +122,7 @@ class NumpyBackend(Backend):
     # -------------------------------------------------------------- row view (R, K)
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
         xd = x2.astype(_ACC)
-        mean = xd.mean(axis=1)
+        mean = _shifted_mean(xd, xd[:, :1], (1,))
         v = ((xd - mean[:, None]) ** 2).sum(axis=1) / (x2.shape[1] - ddof)
         denom = np.sqrt(v + eps) if eps_in_root else np.sqrt(v) + eps
         y = (xd - mean[:, None]) / denom[:, None]
