@@ -23,6 +23,7 @@ import contextvars
 import difflib
 import importlib.metadata as metadata
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -48,6 +49,17 @@ _errors: dict[str, BaseException] = {}
 _default_memo: dict[str, tuple[Backend, str]] = {}
 _warned: set[str] = set()  # broken backends already warned about by automatic selection
 _discovered: dict[str, BackendEntry] | None = None
+
+
+def _new_lock_after_fork() -> None:
+    """In a forked child: a new ``_lock`` (a thread of the parent may have held the old one at the
+    fork, while discovering backends say, and nothing in the child would ever release it)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 class BackendError(RuntimeError):

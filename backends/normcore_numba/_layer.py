@@ -20,6 +20,12 @@
   before forking lost every worker. In such a child every kernel runs on the calling thread (the
   same code as for small inputs, see ``backend._plan``), and the first call says so with a
   warning.
+* **New locks in every forked child.** A fork copies the locks but only the forking thread: a
+  lock another thread held at the fork (``_one_at_a_time`` while that thread ran a kernel under
+  ``workqueue``, ``_state_lock`` while it started the layer) stays held in the child, by nobody,
+  and the child's first kernel waited for it forever. The child makes both anew
+  (``os.register_at_fork``, whichever the layer). numba's own locks are numba's: see the threads
+  section of docs/backends.md.
 
 How: ``guard`` wraps the backend's kernel methods so that the first call settles all this, then
 puts the class's own methods back when nothing is left to guard (no cost per call from then on;
@@ -40,6 +46,7 @@ _state_lock = threading.Lock()
 _settled = False  # nothing left to do before a kernel runs
 _started = False  # the layer is up in this process
 _forked = False  # a child forked after GNU OpenMP started, not told yet
+_gnu_omp = False  # the layer that started is GNU OpenMP's (children run on one thread)
 #: Held around every kernel call when the layer is not threadsafe; reentrant (a kernel method
 #: may call another).
 _one_at_a_time: threading.RLock | None = None
@@ -79,7 +86,7 @@ def settle() -> None:
     """Start the layer if it is not up, tell a forked child once, and unwrap the kernel methods
     when no lock is needed. Idempotent; ``backend._kernels`` calls it too, before it imports
     a kernel module, for code that reaches the kernels without the backend's methods."""
-    global _settled, _started, _forked, _one_at_a_time
+    global _settled, _started, _forked, _one_at_a_time, _gnu_omp
     with _state_lock:
         if _settled:
             return
@@ -93,8 +100,7 @@ def settle() -> None:
             if layer == "omp":
                 from numba.np.ufunc import omppool
 
-                if getattr(omppool, "openmp_vendor", "GNU") == "GNU":  # not fork-safe
-                    os.register_at_fork(after_in_child=_after_fork_in_child)
+                _gnu_omp = getattr(omppool, "openmp_vendor", "GNU") == "GNU"  # not fork-safe
             _started = True
         if _forked:
             _forked = False
@@ -112,11 +118,21 @@ def settle() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _state_lock, _settled, _forked
-    _state_lock = threading.Lock()  # a parent thread may have held it at the fork
+    """In every forked child: new locks (a parent thread may have held either at the fork); after
+    GNU OpenMP started, one thread from now on (see the module docstring)."""
+    global _state_lock, _one_at_a_time, _settled, _forked
+    _state_lock = threading.Lock()
+    if _one_at_a_time is not None:
+        _one_at_a_time = threading.RLock()
+    if not _gnu_omp:
+        return
     _settled = False
     _forked = True
     for hook in _fork_hooks:
         hook()
     for cls, originals in _guarded:
         _wrap(cls, originals)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -23,14 +23,20 @@ already reuses warm heap memory), and idle plus live pooled bytes stay under a l
 smaller of 1 GiB and an eighth of physical memory, or ``NORMCORE_NUMBA_POOL_MB`` (0 disables
 the pool). Interpreters without reliable reference counts (PyPy, free-threaded CPython) never
 pool. ``empty_cache()`` hands every idle buffer back to the allocator.
+
+Fork: a child gets a new lock (another thread of the parent may have held the old one at the
+fork, and nothing in the child would ever release it) and recounts its pooled bytes from the
+buffers it holds (that thread may have been halfway through adding or dropping one).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -85,6 +91,13 @@ class Pool:
         probe = _Slot(np.empty(1, np.uint8))
         self._idle_count = -1
         self._idle_count = sys.getrefcount(probe.raw)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _after_fork_in_child(self) -> None:
+        """A new lock and a recount (see the module docstring)."""
+        self._lock = threading.Lock()
+        self._bytes = sum(size * len(bucket) for size, bucket in self._buckets.items())
 
     def _idle(self, slot: _Slot) -> bool:
         return sys.getrefcount(slot.raw) == self._idle_count
@@ -146,6 +159,12 @@ class Pool:
     def pooled_bytes(self) -> int:
         """Bytes the pool holds, idle and in use."""
         return self._bytes
+
+
+def _after_fork(ref: weakref.ref) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._after_fork_in_child()
 
 
 POOL = Pool(_default_limit())
