@@ -14,14 +14,14 @@ import pytest
 import normcore
 from normcore.config import env_str
 from normcore.registry import env_flag
-from normcore.testing.cases import all_cases, applies
+from normcore.testing.cases import all_cases, applies, takes_dtype
 
 
 def backends_under_test() -> list[str]:
     named = [n.strip() for n in env_str("NORMCORE_TEST_BACKEND").split(",") if n.strip()]
     if named:
         return named
-    return [b.name for b in normcore.list_backends() if b.available]
+    return [b.name for b in normcore.list_backends(check=True) if b.available]
 
 
 QUICK = env_flag("NORMCORE_TEST_QUICK")
@@ -37,6 +37,8 @@ def backend(request):
 def test_conformance(backend, case):
     if not applies(case, backend):
         pytest.skip(f"backend {backend.name!r} does not list the optional {case.kernels}")
+    if not takes_dtype(case, backend):
+        pytest.skip(f"backend {backend.name!r} takes no {case.dtype}")
     missing = set(case.kernels) - set(backend.kernels)
     if missing and not env_flag("NORMCORE_FALLBACK"):
         pytest.skip(f"backend {backend.name!r} does not implement {sorted(missing)}")
