@@ -43,11 +43,21 @@ __all__ = [
 
 
 def to_numpy(arr: Any) -> np.ndarray:
-    """Bring any array normcore returned (NumPy, CuPy, ...) to a NumPy array on the host."""
+    """Bring any array normcore returned (NumPy, CuPy, torch, JAX, array-api-strict, ...) to a
+    NumPy array on the host."""
     if isinstance(arr, np.ndarray):
         return arr
     if hasattr(arr, "get"):  # CuPy
         return arr.get()
     if hasattr(arr, "copy_to_host"):  # Numba device array
         return arr.copy_to_host()
+    if hasattr(arr, "__dlpack__"):  # torch tensors, JAX arrays, array-api-strict arrays, ...
+        if getattr(arr, "requires_grad", False) and hasattr(arr, "detach"):
+            arr = arr.detach()  # torch exports no tensor that autograd records
+        try:
+            return np.from_dlpack(arr, device="cpu")  # NumPy >= 2.1: a host copy if elsewhere
+        except TypeError:
+            return np.from_dlpack(arr)
+        except (BufferError, ValueError, RuntimeError):
+            pass  # e.g. a producer that cannot copy to the host itself: NumPy's protocols below
     return np.asarray(arr)
