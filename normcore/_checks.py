@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ._interop import is_foreign, to_native
 from ._parameter import Parameter
 from .backend import Backend
 
@@ -39,7 +40,10 @@ def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
     if not backend.is_native(x):
         if not hasattr(x, "dtype") and not isinstance(x, (list, tuple, float, int)):
             raise TypeError(f"{name} must be an array, got {type(x).__name__}")
-        x = backend.asarray(x)
+        if type(x) is not np.ndarray and is_foreign(x, backend):
+            x = to_native(x, backend)[0]  # (a weight, a statistic, a gradient: no way back)
+        else:
+            x = backend.asarray(x)
     dtype = np.dtype(x.dtype)
     if dtype.kind != "f":
         raise DTypeError(f"{name} must have a floating dtype {_names(backend.dtypes)}, got {dtype} "
@@ -65,14 +69,6 @@ def check_dtype(dtype: Any, backend: Backend) -> np.dtype:
         raise TypeError(f"dtype must be a floating dtype that backend {backend.name!r} computes "
                         f"({_names(backend.dtypes)}), got {dt}")
     return dt
-
-
-def check_writable(arr: Any, what: str) -> None:
-    """Refuse, before anything runs, an array that an in-place update could not write."""
-    flags = getattr(arr, "flags", None)
-    if flags is not None and not getattr(flags, "writeable", True):
-        raise ValueError(f"{what} is read-only, and normcore updates it in place (as torch "
-                         "does); pass a writable array")
 
 
 def _names(dtypes: Any) -> str:

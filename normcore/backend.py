@@ -17,7 +17,9 @@ Canonical views (all arrays are the backend's own array type, any strides):
 
 Rules every kernel follows:
 
-* Inputs are never mutated; every result is a new array. The layers assign running statistics.
+* Inputs are never mutated; every result is a new array (running statistics included: the
+  modules keep the arrays a kernel returns, and only ``F.batch_norm``/``F.instance_norm`` write
+  them into the caller's arrays, through :meth:`Backend.write`, when the backend is ``mutable``).
 * ``x``/``dy`` have a floating dtype (float16, float32, float64, and whatever else the backend
   lists in ``dtypes``); outputs of the same shape as ``x`` have x's dtype. Statistics (mean, var,
   denominators) are float64 for float64 input and float32 otherwise; float16 input is computed in
@@ -46,8 +48,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-#: The contract version this core implements. A backend whose ``api_version`` differs is refused.
-API_VERSION = 1
+#: The contract version this core implements. Version 2 added ``array_library``, ``mutable``,
+#: ``synchronize()``, ``from_dlpack()`` and ``write()`` (each with a default that keeps a version-1
+#: backend working); a version-1 backend still loads, with a DeprecationWarning.
+API_VERSION = 2
+#: Contract versions a backend may declare.
+SUPPORTED_API_VERSIONS = (1, 2)
 
 #: Every kernel of the contract, in the order the docs present them.
 KERNELS: tuple[str, ...] = (
@@ -81,18 +87,28 @@ class Availability:
 class Backend(abc.ABC):
     """Base class of every backend. Subclasses set ``name`` and implement the kernels.
 
-    Arrays are whatever the backend computes on (NumPy arrays, CuPy arrays, ...). They must offer
-    ``shape``, ``dtype``, ``ndim``, ``size``, ``reshape`` and ``+`` (used to accumulate gradients),
-    and ``a[...] = b`` assignment for the functional API's in-place running statistics.
+    Arrays are whatever the backend computes on (NumPy arrays, CuPy arrays, JAX arrays, torch
+    tensors, ...). They must offer ``shape``, ``dtype`` (NumPy-comparable), ``ndim``, ``size``,
+    ``reshape`` and ``+`` (used to accumulate gradients). Nothing is ever assigned into them
+    except through :meth:`write`, and only when ``mutable`` is true.
     """
 
     #: Registry name, e.g. ``"numpy"``. Set by subclasses.
     name: ClassVar[str] = ""
     #: Contract version the backend was written against.
     api_version: ClassVar[int] = API_VERSION
-    #: ``"cpu"`` backends take and return NumPy arrays and can be chosen automatically;
-    #: ``"gpu"`` (or anything else) backends are used only when named.
+    #: Where the kernels run: ``"cpu"``, or ``"gpu"`` (or any other name). Arrays on a device
+    #: a CPU backend cannot reach (a CUDA tensor) are refused with a message naming the way out.
     device: ClassVar[str] = "cpu"
+    #: The library whose arrays the kernels take and return (``"numpy"``, ``"cupy"``, ``"jax"``,
+    #: ``"torch"``, ...). Automatic selection considers CPU backends of NumPy arrays only; any
+    #: backend takes other libraries' arrays through :meth:`from_dlpack` and gives its results
+    #: back in the caller's library.
+    array_library: ClassVar[str] = "numpy"
+    #: Whether :meth:`write` can update an array in place. False for libraries of immutable
+    #: arrays (JAX): the functional API then leaves the caller's running statistics as they are
+    #: and returns the new ones in ``saved.running``.
+    mutable: ClassVar[bool] = True
     #: Kernels this backend implements. A partial backend lists fewer; see ``normcore.registry``.
     kernels: ClassVar[frozenset[str]] = frozenset(KERNELS)
     #: Input dtypes the kernels accept.
@@ -145,6 +161,28 @@ class Backend(abc.ABC):
     def copy(self, arr: Any) -> Any:
         """An independent copy of ``arr`` (used when loading state and snapshotting buffers)."""
         return self.asarray(self.to_numpy(arr).copy())
+
+    def from_dlpack(self, obj: Any) -> Any:
+        """Another library's array (anything with ``__dlpack__``) as this backend's array, sharing
+        memory where the two can. The default takes it through NumPy (host memory)."""
+        return self.asarray(np.from_dlpack(obj))
+
+    def synchronize(self) -> None:
+        """Wait until every kernel launched so far has finished (an asynchronous backend's
+        results may still be computing when a kernel returns). ``normcore bench``, the asv suite
+        and the conformance kit's timings call it before they read a clock. Default: nothing to
+        wait for."""
+        return None
+
+    def writable(self, arr: Any) -> bool:
+        """Whether :meth:`write` can update ``arr`` (a read-only NumPy view cannot be)."""
+        flags = getattr(arr, "flags", None)
+        return self.mutable and bool(getattr(flags, "writeable", True))
+
+    def write(self, target: Any, value: Any) -> None:
+        """Copy ``value`` into ``target`` in place (same shape and dtype). Only the functional
+        API's running statistics use it, and only when ``mutable`` and :meth:`writable`."""
+        target[...] = value
 
     # ------------------------------------------------------------------ channel view (N, C, L)
     def channel_moments(self, x3: Any) -> tuple[Any, Any]:

@@ -136,7 +136,7 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        statuses = registry.list_backends()
+        statuses = registry.list_backends(check=args.check)
         entries = registry._entry_points()
         try:
             chosen, why = registry.resolve(None)
@@ -147,15 +147,18 @@ def cmd_info(args: argparse.Namespace, out: _Out) -> int:
     for s in statuses:
         entry = entries.get(s.name)
         dist = f"{s.distribution} {entry.dist_version if entry else ''}".strip() or "-"
-        brows.append([s.name, s.status, s.device, str(entry.priority) if entry else "-",
-                      s.version or "-", dist])
-    out.table("Backends", ["name", "status", "device", "priority", "version", "distribution"],
-              brows, right=(3,))
+        brows.append([s.name, s.status, s.device, s.array_library,
+                      str(entry.priority) if entry else "-", s.version or "-", dist])
+    out.table("Backends", ["name", "status", "device", "arrays", "priority", "version",
+                           "distribution"], brows, right=(4,))
     for s in statuses:
-        if not s.available:
+        if s.status in ("broken", "unavailable"):
             out.print(f"{s.name} is {s.status}: {s.reason}",
                       style="red" if s.status == "broken" else "yellow")
     out.print(f"default backend: {default}", style="bold")
+    if not args.check:
+        out.print("(installed: not loaded yet; `normcore info --check` loads every backend to ask "
+                  "whether it can run here)")
     for w in caught:
         out.print(f"warning: {w.message}", style="yellow")
     return 0
@@ -190,7 +193,7 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            names = [s.name for s in registry.list_backends() if s.available]
+            names = [s.name for s in registry.list_backends(check=True) if s.available]
     repeat = args.repeat if args.repeat else (5 if args.quick else 10)
     cols = bench.columns(names, use_torch=not args.no_torch)
     threads = bench.thread_count()
@@ -282,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plain", action="store_true", help="plain text output (no rich)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sub.add_parser("info", help="versions, threads, discovered backends and the default backend")
+    i = sub.add_parser("info", help="versions, threads, discovered backends and the default backend")
+    i.add_argument("--check", action="store_true",
+                   help="load every backend to ask whether it can run here (listing alone "
+                        "imports none)")
 
     b = sub.add_parser("bench", help="time layers forward and backward on each backend",
                        description="Time every layer x shape x dtype on each backend (the numpy "

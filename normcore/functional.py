@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from . import registry
+from . import _interop, registry
 from ._checks import (
     DTypeError,
     ShapeError,
@@ -32,7 +32,6 @@ from ._checks import (
     check_eps,
     check_momentum,
     check_positive_int,
-    check_writable,
     is_number,
     normalized_shape_tuple,
     numel,
@@ -72,6 +71,11 @@ class Saved:
     weight_shape: tuple[int, ...] | None = None
     has_bias: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Brings results back to the caller's array library (None: the backend's arrays were given).
+    back: Any = None
+    #: The new running statistics a training forward computed (BatchNorm, InstanceNorm with
+    #: running statistics), also when they could not be written in place (immutable arrays).
+    running: RunningUpdate | None = None
 
 
 @dataclass
@@ -89,9 +93,17 @@ def _call(backend: Backend, name: str, *args: Any) -> Any:
     return fn(*args)
 
 
-def _prepare(input: Array, backend: str | Backend | None) -> tuple[Backend, Array]:
+def _prepare(input: Array, backend: str | Backend | None) -> tuple[Backend, Array, Any]:
+    """The backend, ``input`` as its array, and the way back to input's library (or None)."""
     chosen = registry.select(backend)
-    return chosen, as_input(input, chosen)
+    back = None
+    if type(input) is not np.ndarray and _interop.is_foreign(input, chosen):
+        input, back = _interop.to_native(input, chosen)
+    return chosen, as_input(input, chosen), back
+
+
+def _returned(y: Array, saved: Saved) -> Array:
+    return y if saved.back is None else saved.back(y)
 
 
 def _empty_like(backend: Backend, x: Array) -> Array:
@@ -115,7 +127,7 @@ def _channel_args(
     """Validate the arguments BatchNorm and InstanceNorm share; return them on the backend."""
     eps = check_eps(eps)
     momentum = check_momentum(momentum, allow_none=False)
-    be, x = _prepare(input, backend)
+    be, x, back = _prepare(input, backend)
     if x.ndim < min_ndim:
         raise ShapeError(f"{op} expects input of shape {layout}, got {x.ndim}D input of shape "
                          f"{tuple(x.shape)}")
@@ -125,21 +137,36 @@ def _channel_args(
         (running_var, "running_var")))
     if (vectors[2] is None) != (vectors[3] is None):
         raise ValueError("running_mean and running_var must both be given or both be None")
-    return be, x, eps, momentum, vectors
+    return be, x, eps, momentum, vectors, back
 
 
-def _check_targets(running_mean: Array | None, running_var: Array | None, updates: bool) -> None:
-    """Before anything runs: the running statistics a call will update in place can be written."""
-    if updates and running_mean is not None:
-        check_writable(running_mean, "running_mean")
-        check_writable(running_var, "running_var")
+def _targets(be: Backend, running_mean: Array | None, running_var: Array | None, updates: bool
+             ) -> tuple[Array, Array] | None:
+    """Before anything runs: the caller's running statistics as the backend's arrays that
+    :func:`_commit` will write (views of the caller's memory), refused when they cannot be
+    written. None when nothing will be written: no update, or a backend of immutable arrays."""
+    if not updates or running_mean is None or running_var is None or not be.mutable:
+        return None
+    targets = []
+    for value, what in ((running_mean, "running_mean"), (running_var, "running_var")):
+        native = as_input(value, be, what)
+        if not be.writable(native):
+            raise ValueError(f"{what} is read-only ({type(value).__module__}."
+                             f"{type(value).__name__}), and this call updates it in place, as "
+                             "torch does: pass writable arrays, or use a module "
+                             "(normcore.BatchNorm1d, ...), which keeps its own statistics")
+        targets.append(native)
+    return targets[0], targets[1]
 
 
-def _commit(update: RunningUpdate | None, running_mean: Array, running_var: Array) -> None:
-    """The functional API's torch semantics: running statistics are updated in place."""
-    if update is not None:
-        running_mean[...] = update.mean
-        running_var[...] = update.var
+def _commit(be: Backend, saved: Saved, update: RunningUpdate | None,
+            targets: tuple[Array, Array] | None) -> None:
+    """The functional API's torch semantics: running statistics are updated in place (on a
+    backend of immutable arrays they cannot be: the new ones are ``saved.running``)."""
+    saved.running = update
+    if update is not None and targets is not None:
+        be.write(targets[0], update.mean)
+        be.write(targets[1], update.var)
 
 
 def _moments_normalize(be: Backend, x3: Array, eps: float, weight: Array | None,
@@ -157,7 +184,7 @@ def _batch_norm(
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
     """batch_norm without side effects: returns the running statistics to commit."""
-    be, x, eps, momentum, (weight, bias, running_mean, running_var) = _channel_args(
+    be, x, eps, momentum, (weight, bias, running_mean, running_var), back = _channel_args(
         "batch_norm", "(N, C, *)", 2, input, weight, bias, running_mean, running_var, momentum,
         eps, backend)
     if training and eps <= 0:
@@ -172,7 +199,7 @@ def _batch_norm(
                          "running_var; got None")
     saved = Saved("batch_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps,
                   weight=weight, weight_shape=None if weight is None else (c,),
-                  has_bias=bias is not None, extra={"batch_stats": training})
+                  has_bias=bias is not None, extra={"batch_stats": training}, back=back)
     if x.size == 0:
         return _empty_like(be, x), saved, None
     x3 = x.reshape(n_, c, per_channel // n_)
@@ -215,11 +242,12 @@ def batch_norm(
     >>> y.astype(float).round(4).tolist(), rm.astype(float).round(4).tolist()
     ([[-1.0, -1.0], [1.0, 1.0]], [0.2, 0.4])
     """
-    _check_targets(running_mean, running_var, bool(training))
+    be = registry.select(backend)
+    targets = _targets(be, running_mean, running_var, bool(training))
     y, saved, update = _batch_norm(input, running_mean, running_var, weight, bias, training,
-                                   momentum, eps, backend)
-    _commit(update, running_mean, running_var)
-    return y, saved
+                                   momentum, eps, be)
+    _commit(be, saved, update, targets)
+    return _returned(y, saved), saved
 
 
 # ---------------------------------------------------------------------- instance norm
@@ -228,7 +256,7 @@ def _instance_norm(
     bias: Array | None, use_input_stats: bool, momentum: float, eps: float,
     backend: str | Backend | None,
 ) -> tuple[Array, Saved, RunningUpdate | None]:
-    be, x, eps, momentum, (weight, bias, running_mean, running_var) = _channel_args(
+    be, x, eps, momentum, (weight, bias, running_mean, running_var), back = _channel_args(
         "instance_norm", "(N, C, *spatial)", 3, input, weight, bias, running_mean, running_var,
         momentum, eps, backend)
     n_, c = x.shape[0], x.shape[1]
@@ -241,7 +269,7 @@ def _instance_norm(
                          "running_var; got None")
     saved = Saved("instance_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=weight,
                   weight_shape=None if weight is None else (c,), has_bias=bias is not None,
-                  extra={"batch_stats": use_input_stats})
+                  extra={"batch_stats": use_input_stats}, back=back)
     if x.size == 0:
         return _empty_like(be, x), saved, None
     update = None
@@ -297,11 +325,12 @@ def instance_norm(
     >>> y.round(4).tolist()
     [[[-1.0, 1.0]]]
     """
-    _check_targets(running_mean, running_var, bool(use_input_stats))
+    be = registry.select(backend)
+    targets = _targets(be, running_mean, running_var, bool(use_input_stats))
     y, saved, update = _instance_norm(input, running_mean, running_var, weight, bias,
-                                      use_input_stats, momentum, eps, backend)
-    _commit(update, running_mean, running_var)
-    return y, saved
+                                      use_input_stats, momentum, eps, be)
+    _commit(be, saved, update, targets)
+    return _returned(y, saved), saved
 
 
 # ---------------------------------------------------------------------- row norms
@@ -310,7 +339,7 @@ def _row_norm(
     bias: Array | None, eps: float | None, center: bool, backend: str | Backend | None,
 ) -> tuple[Array, Saved]:
     shape = normalized_shape_tuple(normalized_shape)
-    be, x = _prepare(input, backend)
+    be, x, back = _prepare(input, backend)
     if eps is None:  # torch: the epsilon of the type it computes in (float32 for float16)
         eps = float(np.finfo(np.promote_types(x.dtype, np.float32)).eps)
     eps = check_eps(eps)
@@ -325,14 +354,14 @@ def _row_norm(
     w2 = _reshape_param(be, weight, (1, cols))
     saved = Saved(op, be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
                   weight_shape=None if weight is None else shape, has_bias=bias is not None,
-                  extra={"center": center})
+                  extra={"center": center}, back=back)
     if x.size == 0:
-        return _empty_like(be, x), saved
+        return _returned(_empty_like(be, x), saved), saved
     x4 = x.reshape(x.size // cols, 1, cols, 1)
     y, mean, var = _call(be, "group_normalize", x4, w2, _reshape_param(be, bias, (1, cols)),
                          eps, center)
     saved.x, saved.mean, saved.var = x4, mean, var
-    return y.reshape(x.shape), saved
+    return _returned(y.reshape(x.shape), saved), saved
 
 
 def _trailing_param(p: Array | None, be: Backend, shape: tuple[int, ...], what: str,
@@ -392,7 +421,7 @@ def group_norm(
     """
     groups = check_positive_int(num_groups, "num_groups")
     eps = check_eps(eps)
-    be, x = _prepare(input, backend)
+    be, x, back = _prepare(input, backend)
     if x.ndim < 2:
         raise ShapeError(f"group_norm expects input of shape (N, C, *), got {x.ndim}D input of "
                          f"shape {tuple(x.shape)}")
@@ -405,14 +434,14 @@ def group_norm(
     w2 = _reshape_param(be, weight, (groups, c // groups))
     saved = Saved("group_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
                   weight_shape=None if weight is None else (c,), has_bias=bias is not None,
-                  extra={"center": True})
+                  extra={"center": True}, back=back)
     if x.size == 0:
-        return _empty_like(be, x), saved
+        return _returned(_empty_like(be, x), saved), saved
     x4 = x.reshape(n_, groups, c // groups, numel(tuple(x.shape[2:])))
     y, mean, var = _call(be, "group_normalize", x4, w2,
                          _reshape_param(be, bias, (groups, c // groups)), eps, True)
     saved.x, saved.mean, saved.var = x4, mean, var
-    return y.reshape(x.shape), saved
+    return _returned(y.reshape(x.shape), saved), saved
 
 
 # ---------------------------------------------------------------------- shared backward
@@ -441,7 +470,7 @@ def _norm_backward(grad_output: Array, saved: Saved, op: str) -> tuple[Array, Ar
     if saved.x is None:  # empty input
         zeros = _zeros(be, saved.weight_shape, wdtype)
         bias_grad = _zeros(be, saved.weight_shape, wdtype) if saved.has_bias else None
-        return _empty_like(be, dy), zeros, bias_grad
+        return _all_returned((_empty_like(be, dy), zeros, bias_grad), saved)
     dy_view = dy.reshape(saved.x.shape)
     if saved.x.ndim == 3:
         dx, dw, db = _call(be, "channel_normalize_backward", dy_view, saved.x, saved.mean,
@@ -451,7 +480,13 @@ def _norm_backward(grad_output: Array, saved: Saved, op: str) -> tuple[Array, Ar
                            saved.var, saved.eps, saved.weight, saved.extra.get("center", True))
     dweight = None if saved.weight_shape is None else dw.reshape(saved.weight_shape)
     dbias = db.reshape(saved.weight_shape) if saved.has_bias else None
-    return dx.reshape(saved.input_shape), dweight, dbias
+    return _all_returned((dx.reshape(saved.input_shape), dweight, dbias), saved)
+
+
+def _all_returned(arrays: tuple[Array, ...], saved: Saved) -> tuple[Array, ...]:
+    if saved.back is None:
+        return arrays
+    return tuple(None if a is None else saved.back(a) for a in arrays)
 
 
 def batch_norm_backward(grad_output: Array, saved: Saved) -> tuple[Array, Array, Array]:
@@ -497,7 +532,7 @@ def weight_standardization(
     [-1.0, 1.0]
     """
     eps = check_eps(eps)
-    be, w = _prepare(weight, backend)
+    be, w, back = _prepare(weight, backend)
     if w.ndim < 2:
         raise ShapeError(f"weight_standardization expects a weight of shape (out, in, *kernel), "
                          f"got {w.ndim}D of shape {tuple(w.shape)}")
@@ -507,23 +542,23 @@ def weight_standardization(
     if cols - ddof <= 0 and w.size:
         raise ValueError(f"the unbiased std needs at least 2 values per filter, got {cols}")
     saved = Saved("weight_standardization", be, tuple(w.shape), np.dtype(w.dtype), eps=eps,
-                  extra={"ddof": ddof, "eps_in_root": bool(eps_in_root)})
+                  extra={"ddof": ddof, "eps_in_root": bool(eps_in_root)}, back=back)
     if w.size == 0:
-        return _empty_like(be, w), saved
+        return _returned(_empty_like(be, w), saved), saved
     w2 = w.reshape(rows, cols)
     y, mean, denom = _call(be, "standardize_rows", w2, eps, ddof, bool(eps_in_root))
     saved.x, saved.mean, saved.var = w2, mean, denom
-    return y.reshape(w.shape), saved
+    return _returned(y.reshape(w.shape), saved), saved
 
 
 def weight_standardization_backward(grad_output: Array, saved: Saved) -> Array:
     """Gradient of :func:`weight_standardization` with respect to the raw weight."""
     dy = _check_grad(grad_output, saved, "weight_standardization")
     if saved.x is None:
-        return _empty_like(saved.backend, dy)
+        return _returned(_empty_like(saved.backend, dy), saved)
     dx = _call(saved.backend, "standardize_rows_backward", dy.reshape(saved.x.shape), saved.x,
                saved.mean, saved.var, saved.eps, saved.extra["ddof"], saved.extra["eps_in_root"])
-    return dx.reshape(saved.input_shape)
+    return _returned(dx.reshape(saved.input_shape), saved)
 
 
 # ---------------------------------------------------------------------- dropout
@@ -547,22 +582,24 @@ def dropout(
     True
     """
     p = check_dropout_p(p)
-    be, x = _prepare(input, backend)
+    be, x, back = _prepare(input, backend)
     if seed is None:
         seed = int((rng if rng is not None else np.random.default_rng()).integers(0, 2**63))
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     active = bool(training) and p > 0.0 and x.size > 0
     saved = Saved("dropout", be, tuple(x.shape), np.dtype(x.dtype),
-                  extra={"p": p, "seed": int(seed) % 2**63, "active": active})
+                  extra={"p": p, "seed": int(seed) % 2**63, "active": active}, back=back)
     if not active:
-        return x, saved
-    return _call(be, "dropout", x, p, int(seed) % 2**63), saved
+        return input, saved  # the very array given, as torch returns it
+    return _returned(_call(be, "dropout", x, p, int(seed) % 2**63), saved), saved
 
 
 def dropout_backward(grad_output: Array, saved: Saved) -> Array:
     """Gradient of :func:`dropout`: the same mask and scale applied to ``grad_output``."""
-    dy = _check_grad(grad_output, saved, "dropout")
     if not saved.extra["active"]:
-        return dy
-    return _call(saved.backend, "dropout", dy, saved.extra["p"], saved.extra["seed"])
+        _check_grad(grad_output, saved, "dropout")
+        return grad_output
+    dy = _check_grad(grad_output, saved, "dropout")
+    return _returned(_call(saved.backend, "dropout", dy, saved.extra["p"], saved.extra["seed"]),
+                     saved)

@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import _interop, registry
 from . import functional as F
-from . import registry
 from ._checks import (
     ShapeError,
     as_input,
@@ -252,10 +252,26 @@ class Module:
 
     # -------------------------------------------------------------- forward/backward
     def __call__(self, input: Array) -> Array:
+        """The forward. An array of another library (a torch tensor, a JAX array: anything with
+        ``__dlpack__``) runs on the layer's backend and its output, like the input gradient of
+        the matching :meth:`backward`, comes back in that library."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s forward on backend %r (%s)", type(self).__name__, self.backend.name,
                          self._backend_why)
-        return self.forward(input)
+        back = None
+        native = input
+        if type(input) is not np.ndarray and _interop.is_foreign(input, self.backend):
+            native, back = _interop.to_native(input, self.backend)
+        y = self.forward(native)
+        self._local.back = back  # (after the forward: a failed one leaves the last way back)
+        if back is None:
+            return y
+        return input if y is native else back(y)
+
+    def _give_back(self, dx: Array) -> Array:
+        """The input gradient in the library of this thread's last forward input."""
+        back = getattr(self._local, "back", None)
+        return dx if back is None else back(dx)
 
     def forward(self, input: Array) -> Array:
         raise NotImplementedError
@@ -274,7 +290,7 @@ class Module:
                 if p is not None and g is not None:
                     p.grad = g if p.grad is None else p.grad + g
         self._saved = None
-        return dx
+        return self._give_back(dx)
 
     def _backward(self, grad_output: Array, saved: F.Saved) -> tuple[Array, Array, Array]:
         raise NotImplementedError
@@ -642,12 +658,14 @@ class Dropout(Module):
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
     def forward(self, input: Array) -> Array:
-        if self.inplace:
-            F.check_writable(input, "Dropout(inplace=True)'s input")  # before the RNG moves
+        if self.inplace and self.backend.is_native(input) and not self.backend.writable(input):
+            raise ValueError(f"Dropout(inplace=True) cannot write its input ({type(input).__module__}"
+                             f".{type(input).__name__}, read-only or immutable): pass a writable "
+                             "array, or use inplace=False")  # (checked before the RNG moves)
         y, self._saved = F.dropout(input, self.p, self.training, rng=self.rng,
                                    backend=self.backend)
         if self.inplace and y is not input:
-            input[...] = y
+            self.backend.write(input, y)
             return input
         return y
 
@@ -657,7 +675,7 @@ class Dropout(Module):
                                "forward: run forward first")
         dx = F.dropout_backward(grad_output, self._saved)
         self._saved = None
-        return dx
+        return self._give_back(dx)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}, backend={self.backend.name!r}"

@@ -4,16 +4,18 @@ Backends are found through two entry-point groups:
 
 * ``normcore.backends``: ``name = "package.module:Factory"``, the backend itself, loaded on first use;
 * ``normcore.backend_info`` (optional): ``name = "package:INFO"``, a dict of light metadata
-  (``device``, ``priority``, ``description``) read without importing the backend module, so that
-  listing and automatic selection stay cheap.
+  (``device``, ``array_library``, ``priority``, ``requires``, ``description``) read without
+  importing the backend module, so that listing and automatic selection import no backend:
+  :func:`list_backends` reads metadata only (``check=True`` loads each backend to ask it), and
+  automatic selection loads only the backend it picks.
 
 Selection, highest first: the ``backend=`` argument, :func:`use_backend` (a context variable, so
 threads and asyncio tasks do not leak into each other), the ``NORMCORE_BACKEND`` environment
-variable, then automatic selection: available ``cpu`` backends by priority (highest first, or the
-order in ``NORMCORE_BACKEND_PRIORITY``). A backend that fails to import, raises in its constructor,
-speaks another ``api_version`` or is unavailable never breaks ``import normcore``: it is reported
-with its error by :func:`list_backends`, skipped with a warning by automatic selection, and raises
-(chaining the original error) when named explicitly.
+variable, then automatic selection: available ``cpu`` backends of NumPy arrays by priority
+(highest first, or the order in ``NORMCORE_BACKEND_PRIORITY``). A backend that fails to import,
+raises in its constructor, speaks another ``api_version`` or is unavailable never breaks
+``import normcore``: it is reported with its error by :func:`list_backends`, skipped with a
+warning by automatic selection, and raises (chaining the original error) when named explicitly.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import contextvars
 import difflib
 import importlib.metadata as metadata
+import importlib.util
 import logging
 import os
 import threading
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import config
-from .backend import API_VERSION, KERNELS, OPTIONAL_KERNELS, Backend
+from .backend import API_VERSION, KERNELS, OPTIONAL_KERNELS, SUPPORTED_API_VERSIONS, Backend
 
 logger = logging.getLogger("normcore")
 
@@ -85,6 +88,19 @@ class BackendEntry:
     def priority(self) -> int:
         return int(self.info.get("priority", 0))
 
+    @property
+    def array_library(self) -> str:
+        return str(self.info.get("array_library", "numpy"))
+
+    @property
+    def automatic(self) -> bool:
+        """Whether automatic selection may pick it: a CPU backend of NumPy arrays."""
+        return self.device == "cpu" and self.array_library == "numpy"
+
+    def missing(self) -> list[str]:
+        """The modules of ``info["requires"]`` that are not installed (found without importing)."""
+        return [m for m in self.info.get("requires", ()) if importlib.util.find_spec(m) is None]
+
 
 @dataclass(frozen=True)
 class BackendStatus:
@@ -94,8 +110,9 @@ class BackendStatus:
     version: str
     distribution: str
     device: str
-    status: str  # "available", "unavailable" or "broken"
+    status: str  # "available", "unavailable", "broken", or "installed" (not loaded yet)
     reason: str = ""
+    array_library: str = "numpy"
 
     @property
     def available(self) -> bool:
@@ -185,9 +202,17 @@ def _load(name: str) -> Backend:
             raise TypeError(f"entry point {entry.value!r} gave {type(backend).__name__}, "
                             "expected a normcore.backend.Backend")
         version = getattr(backend, "api_version", None)
-        if version != API_VERSION:
+        if version not in SUPPORTED_API_VERSIONS:
             raise BackendError(f"backend {name!r} implements normcore backend api_version "
-                               f"{version!r}, but this normcore supports api_version {API_VERSION}")
+                               f"{version!r}, but this normcore supports api_version {API_VERSION} "
+                               "(and 1, deprecated)")
+        if version == 1:
+            warnings.warn(f"backend {name!r} implements the deprecated backend contract version 1. "
+                          "Version 2 adds array_library, mutable, synchronize(), from_dlpack(), "
+                          "writable() and write(); their defaults keep this backend working "
+                          "(NumPy arrays, mutable, nothing to synchronize). Check them and set "
+                          "api_version = 2 (docs/writing-a-backend.md)",
+                          DeprecationWarning, stacklevel=4)
         unknown = set(backend.kernels) - set(KERNELS) - set(OPTIONAL_KERNELS)
         if unknown:
             raise TypeError(f"backend {name!r} declares unknown kernels {sorted(unknown)}")
@@ -234,22 +259,47 @@ def get_backend(name: str | None = None) -> Backend:
     return backend
 
 
-def list_backends() -> list[BackendStatus]:
-    """Every discovered backend with its version and status; loads each one to ask."""
+def list_backends(check: bool = False) -> list[BackendStatus]:
+    """Every discovered backend with its version and status.
+
+    By default nothing is imported: a backend not used yet is ``"installed"`` (or
+    ``"unavailable"`` when a module its metadata requires is missing), and one already loaded
+    shows what it said. ``check=True`` loads each backend and asks whether it can run here.
+
+    >>> import normcore
+    >>> {r.name: r.status for r in normcore.list_backends(check=True)}["numpy"]
+    'available'
+    """
     rows = []
     for name, entry in sorted(_entry_points().items()):
-        try:
-            backend = _load(name)
-        except BackendError as exc:
-            cause = exc.__cause__ or exc
-            rows.append(BackendStatus(name, entry.dist_version, entry.distribution, entry.device,
-                                      "broken", f"{type(cause).__name__}: {cause}"))
+        if check or name in _loaded or name in _errors:
+            rows.append(_checked_status(name, entry))
             continue
-        availability = backend.is_available()
-        rows.append(BackendStatus(
-            name, backend.version() or entry.dist_version, entry.distribution, backend.device,
-            "available" if availability else "unavailable", availability.reason))
+        missing = entry.missing()
+        version = entry.dist_version
+        if missing:
+            rows.append(BackendStatus(name, version, entry.distribution, entry.device,
+                                      "unavailable", f"needs {', '.join(missing)} (not installed)",
+                                      entry.array_library))
+        else:
+            rows.append(BackendStatus(name, version, entry.distribution, entry.device, "installed",
+                                      "not loaded yet: list_backends(check=True) loads it",
+                                      entry.array_library))
     return rows
+
+
+def _checked_status(name: str, entry: BackendEntry) -> BackendStatus:
+    try:
+        backend = _load(name)
+    except BackendError as exc:
+        cause = exc.__cause__ or exc
+        return BackendStatus(name, entry.dist_version, entry.distribution, entry.device,
+                             "broken", f"{type(cause).__name__}: {cause}", entry.array_library)
+    availability = backend.is_available()
+    return BackendStatus(
+        name, backend.version() or entry.dist_version, entry.distribution, backend.device,
+        "available" if availability else "unavailable", availability.reason,
+        getattr(backend, "array_library", "numpy"))
 
 
 # ---------------------------------------------------------------------- selection
@@ -272,8 +322,9 @@ def use_backend(name: str) -> Iterator[Backend]:
 
 
 def _priority_order() -> list[BackendEntry]:
+    """Automatic selection's candidates, best first: CPU backends of NumPy arrays."""
     entries = _entry_points()
-    cpu = sorted((e for e in entries.values() if e.device == "cpu"),
+    cpu = sorted((e for e in entries.values() if e.automatic),
                  key=lambda e: (-e.priority, e.name))
     raw = config.env_str("NORMCORE_BACKEND_PRIORITY")
     if not raw:
@@ -283,7 +334,12 @@ def _priority_order() -> list[BackendEntry]:
         if n not in entries:
             warnings.warn(f"NORMCORE_BACKEND_PRIORITY names {_unknown_message(n, list(entries))}",
                           stacklevel=4)
-    named = [entries[n] for n in wanted if n in entries]
+        elif not entries[n].automatic:
+            warnings.warn(f"NORMCORE_BACKEND_PRIORITY names {n!r}, which automatic selection "
+                          f"never picks (device {entries[n].device!r}, "
+                          f"{entries[n].array_library} arrays): name it with backend=, "
+                          "use_backend() or NORMCORE_BACKEND", stacklevel=4)
+    named = [entries[n] for n in wanted if n in entries and entries[n].automatic]
     return named + [e for e in cpu if e.name not in wanted]
 
 
@@ -304,6 +360,11 @@ def default_backend() -> tuple[Backend, str]:
 def _first_available() -> tuple[Backend, str]:
     skipped = []
     for entry in _priority_order():
+        missing = entry.missing()
+        if missing:  # known from metadata: nothing imported to learn it
+            skipped.append(f"{entry.name} (needs {', '.join(missing)})")
+            logger.info("skipping backend %r: needs %s", entry.name, ", ".join(missing))
+            continue
         try:
             backend = get_backend(entry.name)
         except BackendError as exc:

@@ -17,7 +17,7 @@ def _cpu_backends() -> list[str]:
     named = [n.strip() for n in os.environ.get("NORMCORE_TEST_BACKEND", "").split(",") if n.strip()]
     if named:
         return named
-    return [b.name for b in normcore.list_backends() if b.available and b.device == "cpu"]
+    return [b.name for b in normcore.list_backends(check=True) if b.available and b.device == "cpu"]
 
 
 BACKENDS = _cpu_backends()

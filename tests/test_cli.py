@@ -32,7 +32,7 @@ def test_info_lists_environment_backends_and_default(capsys):
         assert word in out
     line = next(row for row in out.splitlines() if row.startswith("Numba threading layer"))
     assert line.split()[-1] == (bench.threading_layer() or "-")
-    for status in registry.list_backends():
+    for status in registry.list_backends(check=True):
         assert status.name in out
     chosen, why = registry.resolve(None)
     assert f"default backend: {chosen.name}, chosen by {why}" in out

@@ -56,7 +56,7 @@ with warnings.catch_warnings(record=True) as caught:
 ok = bool(np.allclose(y, normcore.LayerNorm(4096, backend="numpy")(x), atol=1e-4))
 for name in ("NORMCORE_NUMBA_POOL_MB", "NORMCORE_NUMBA_SERIAL_MAX"):
     del os.environ[name]
-status = {b.name: b.status for b in normcore.list_backends()}
+status = {b.name: b.status for b in normcore.list_backends(check=True)}
 print(json.dumps({"limit": _pool.POOL.limit, "default_limit": _pool._default_limit(),
                   "serial_max": backend.SERIAL_MAX, "numba": status["numba"], "ok": ok,
                   "pooled": y.base is not None,

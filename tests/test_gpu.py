@@ -16,7 +16,7 @@ SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 def _gpu_status():
-    rows = {r.name: r for r in normcore.list_backends()}
+    rows = {r.name: r for r in normcore.list_backends(check=True)}
     return rows.get("numba-cuda")
 
 

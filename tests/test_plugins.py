@@ -54,7 +54,7 @@ def fresh_registry():
 # ---------------------------------------------------------------------- the example plugin
 @needs_example
 def test_example_is_discovered_with_its_metadata(fresh_registry):
-    rows = {s.name: s for s in normcore.list_backends()}
+    rows = {s.name: s for s in normcore.list_backends(check=True)}
     assert rows["example"].status == "available"
     assert rows["example"].distribution == "normcore-example-backend"
     assert rows["example"].device == "cpu"
@@ -110,7 +110,7 @@ def test_example_runs_every_layer(fresh_registry, rng):
 
 @needs_example
 def test_example_in_info():
-    proc = run_cli("info")
+    proc = run_cli("info", "--check")
     assert proc.returncode == 0, proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("example ")][0]
     assert "available" in line and "normcore-example-backend" in line
@@ -179,7 +179,7 @@ def test_wrong_backend_fails_verify_in_a_subprocess():
 # ---------------------------------------------------------------------- the broken plugins
 @needs_broken
 def test_broken_plugins_listed_with_their_errors(fresh_registry):
-    rows = {s.name: s for s in normcore.list_backends()}
+    rows = {s.name: s for s in normcore.list_backends(check=True)}
     for name in BROKEN:
         assert rows[name].status == "broken"
         assert rows[name].distribution == "normcore-broken-backend"
@@ -193,7 +193,7 @@ def test_broken_plugins_listed_with_their_errors(fresh_registry):
 
 @needs_broken
 def test_broken_plugins_in_info():
-    proc = run_cli("info")
+    proc = run_cli("info", "--check")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "broken-import is broken: ImportError: normcore_broken: this module fails to import" in out

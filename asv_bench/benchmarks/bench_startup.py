@@ -28,7 +28,8 @@ def timeraw_import_normcore():
 
 
 def timeraw_list_backends():
-    """``import normcore`` + ``normcore.list_backends()``, which loads every installed backend."""
+    """``import normcore`` + ``normcore.list_backends()``, which reads metadata only (no backend
+    is imported)."""
     return """
     import normcore
     normcore.list_backends()

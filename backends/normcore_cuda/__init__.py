@@ -8,6 +8,8 @@ Importing this package is light (no numba, no CuPy); the backend class lives in
 #: Metadata read by normcore's registry without importing the backend module.
 INFO = {
     "device": "gpu",
+    "array_library": "cupy",
+    "requires": ["numba_cuda"],
     "priority": 30,
     "description": "Numba CUDA kernels on CuPy arrays (warp/block row reductions, two-stage "
     "channel reductions)",

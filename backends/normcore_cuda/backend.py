@@ -49,6 +49,7 @@ class CudaBackend(Backend):
 
     name = "numba-cuda"
     device = "gpu"
+    array_library = "cupy"  # (NumPy under the simulator)
 
     def __init__(self) -> None:
         self._kmod = None
@@ -116,6 +117,23 @@ class CudaBackend(Backend):
         if isinstance(obj, cp.ndarray) or hasattr(obj, "__cuda_array_interface__"):
             return cp.asarray(obj, dtype=dtype)
         return cp.asarray(np.asarray(obj), dtype=dtype)
+
+    def from_dlpack(self, obj: Any) -> Any:
+        """A torch/JAX/... array as a CuPy array: shared memory for a CUDA array, a copy to the
+        device for host memory (host NumPy arrays under the simulator)."""
+        if _simulator():
+            return np.from_dlpack(obj)
+        cp = self._xp
+        if int(obj.__dlpack_device__()[0]) in (2, 13):  # kDLCUDA, kDLCUDAManaged
+            return cp.from_dlpack(obj)
+        return cp.asarray(np.from_dlpack(obj))
+
+    def synchronize(self) -> None:
+        """Wait for every kernel on the device (kernels launch asynchronously)."""
+        if not _simulator():
+            from numba import cuda
+
+            cuda.synchronize()
 
     def to_numpy(self, arr: Any) -> np.ndarray:
         if _simulator():

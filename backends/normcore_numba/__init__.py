@@ -8,6 +8,8 @@ imported on the first kernel call and compiled per kernel on first use (cached o
 #: Metadata read by normcore's registry without importing the backend module.
 INFO = {
     "device": "cpu",
+    "array_library": "numpy",
+    "requires": ["numba"],
     "priority": 20,
     "description": "Numba parallel CPU kernels (prange, float64 accumulation, on-disk cache)",
 }

@@ -4,4 +4,9 @@ Importing this package is light; the backend class lives in ``normcore_numpy.bac
 """
 
 #: Metadata read by normcore's registry without importing the backend module.
-INFO = {"device": "cpu", "priority": 10, "description": "NumPy reference (float64 accumulation)"}
+INFO = {
+    "device": "cpu",
+    "array_library": "numpy",
+    "priority": 10,
+    "description": "NumPy reference (float64 accumulation)",
+}

@@ -496,8 +496,11 @@ def _reference_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    """Every conformance case: torch goldens first, then the kernel-by-kernel comparisons."""
-    return _golden_cases() + _reference_cases()
+    """Every conformance case: torch goldens first, then the kernel-by-kernel comparisons, then
+    the paths that write state (:mod:`normcore.testing.state_cases`)."""
+    from .state_cases import state_cases
+
+    return _golden_cases() + _reference_cases() + state_cases()
 
 
 def applies(case: Case, backend: Backend) -> bool:
