@@ -21,7 +21,7 @@ def backends_under_test() -> list[str]:
     named = [n.strip() for n in env_str("NORMCORE_TEST_BACKEND").split(",") if n.strip()]
     if named:
         return named
-    return [b.name for b in normcore.list_backends() if b.available]
+    return [b.name for b in normcore.list_backends(check=True) if b.available]
 
 
 QUICK = env_flag("NORMCORE_TEST_QUICK")
