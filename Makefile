@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.to
 		-e examples/normcore-broken-backend
 	@# torch is only a test oracle (golden vectors are stored); its absence skips those tests.
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch unavailable: torch-oracle tests will be skipped"
+	@# The array-api backends' libraries (jax from PyPI is CPU-only); each one missing only marks
+	@# its backend unavailable (array-api-torch uses the torch above).
+	$(BIN)/python -m pip install -q array-api-compat array-api-strict jax || echo "array-api-strict or jax unavailable: the array-api-strict and array-api-jax backends will be unavailable"
 	touch $(STAMP)
 
 setup: $(STAMP)
