@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._interop import is_foreign, to_native
+from ._interop import is_foreign, np_dtype, to_native
 from ._parameter import Parameter
 from .backend import Backend
 
@@ -44,7 +44,7 @@ def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
             x = to_native(x, backend)[0]  # (a weight, a statistic, a gradient: no way back)
         else:
             x = backend.asarray(x)
-    dtype = np.dtype(x.dtype)
+    dtype = np_dtype(x.dtype)
     if dtype.kind != "f":
         raise DTypeError(f"{name} must have a floating dtype {_names(backend.dtypes)}, got {dtype} "
                          "(normcore does not cast silently)")
@@ -76,9 +76,9 @@ def _names(dtypes: Any) -> str:
 
 
 def same_dtype(x: Any, other: Any, what: str) -> None:
-    if other is not None and np.dtype(other.dtype) != np.dtype(x.dtype):
-        raise DTypeError(f"input dtype {np.dtype(x.dtype)} does not match the {what} dtype "
-                         f"{np.dtype(other.dtype)}; convert one of them (no silent cast)")
+    if other is not None and np_dtype(other.dtype) != np_dtype(x.dtype):
+        raise DTypeError(f"input dtype {np_dtype(x.dtype)} does not match the {what} dtype "
+                         f"{np_dtype(other.dtype)}; convert one of them (no silent cast)")
 
 
 def vector(v: Any, backend: Backend, size: int, what: str, x: Any) -> Any:

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,22 @@ _DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host", 4: "OpenCL", 7: "Vulkan", 
                  10: "ROCm", 13: "CUDA managed", 14: "oneAPI"}
 
 Back = Callable[[Any], Any]
+
+
+@functools.lru_cache(maxsize=64)
+def np_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of any library's dtype object (``torch.float32``, array-api-strict's
+    ``float32``, NumPy's own): by its name when NumPy does not take the object itself."""
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        pass
+    name = str(dtype).rsplit(".", 1)[-1]
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise TypeError(f"dtype {dtype} has no NumPy equivalent (normcore computes float16, "
+                        "float32 and float64)") from None
 
 
 def is_foreign(x: Any, backend: Any) -> bool:

@@ -34,7 +34,9 @@ class Parameter:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
+        from ._interop import np_dtype
+
+        return np_dtype(self.data.dtype)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype})"

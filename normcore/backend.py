@@ -88,8 +88,9 @@ class Backend(abc.ABC):
     """Base class of every backend. Subclasses set ``name`` and implement the kernels.
 
     Arrays are whatever the backend computes on (NumPy arrays, CuPy arrays, JAX arrays, torch
-    tensors, ...). They must offer ``shape``, ``dtype`` (NumPy-comparable), ``ndim``, ``size``,
-    ``reshape`` and ``+`` (used to accumulate gradients). Nothing is ever assigned into them
+    tensors, ...). They must offer ``shape``, ``dtype`` (a NumPy dtype, or an object whose name
+    NumPy knows, as ``torch.float32``), ``ndim``, ``reshape`` and ``+`` (used to accumulate
+    gradients). Nothing is ever assigned into them
     except through :meth:`write`, and only when ``mutable`` is true.
     """
 

@@ -284,32 +284,21 @@ class _Timer:
     setup: Callable[[], Any] | None = None
     calls: int = 1  # timed calls per round; the round keeps the fastest
     rounds: list[float] = field(default_factory=list)  # seconds, one per round
+    #: Waits for the work ``fn`` queued (a backend's ``synchronize``): asynchronous backends
+    #: (GPU, JAX) return before their kernels finish, and an unsynchronized time is a launch's.
+    sync: Callable[[], Any] = lambda: None
 
     def once(self) -> float:
         if self.setup is not None:
             self.setup()
+            self.sync()
         t0 = time.perf_counter()
-        _sync(self.fn())
+        self.fn()
+        self.sync()
         return time.perf_counter() - t0
 
     def round(self) -> None:
         self.rounds.append(min(self.once() for _ in range(self.calls)))
-
-
-def _sync(arr: Any) -> None:
-    """Wait for device work behind ``arr`` (no-op for NumPy arrays)."""
-    if isinstance(arr, np.ndarray) or arr is None:
-        return
-    if hasattr(arr, "__cuda_array_interface__"):
-        with contextlib.suppress(Exception):
-            import cupy
-
-            cupy.cuda.runtime.deviceSynchronize()
-            return
-        with contextlib.suppress(Exception):
-            from numba import cuda
-
-            cuda.synchronize()
 
 
 def _normcore_timers(case: BenchCase, backend: str, x_host: np.ndarray,
@@ -321,12 +310,14 @@ def _normcore_timers(case: BenchCase, backend: str, x_host: np.ndarray,
     backward = "backward" in case.passes
     # Warm-up: compiles JIT kernels (twice, so caches and allocators settle).
     for _ in range(2):
-        _sync(layer(x))
+        layer(x)
         if backward:
-            _sync(layer.backward(dy))
-    timers = {"forward": _Timer(lambda: layer(x))}
+            layer.backward(dy)
+        be.synchronize()
+    timers = {"forward": _Timer(lambda: layer(x), sync=be.synchronize)}
     if backward:
-        timers["backward"] = _Timer(lambda: layer.backward(dy), setup=lambda: _sync(layer(x)))
+        timers["backward"] = _Timer(lambda: layer.backward(dy), setup=lambda: layer(x),
+                                    sync=be.synchronize)
     if not isinstance(x, np.ndarray):  # a device backend: compare with a copy on its device
         with contextlib.suppress(Exception):
             timers["copy"] = _device_copy_timer(x)
@@ -340,7 +331,7 @@ def _device_copy_timer(x: Any) -> _Timer:
     src = cupy.asarray(x)
     dst = cupy.empty_like(src)
     cupy.copyto(dst, src)
-    return _Timer(lambda: (cupy.copyto(dst, src), dst)[1])
+    return _Timer(lambda: cupy.copyto(dst, src), sync=cupy.cuda.runtime.deviceSynchronize)
 
 
 def _torch_timers(case: BenchCase, x_host: np.ndarray, dy_host: np.ndarray) -> dict[str, _Timer]:

@@ -34,6 +34,7 @@ from ._checks import (
     check_positive_int,
     is_number,
     normalized_shape_tuple,
+    np_dtype,
     numel,
     same_dtype,
     vector,
@@ -100,6 +101,11 @@ def _prepare(input: Array, backend: str | Backend | None) -> tuple[Backend, Arra
     if type(input) is not np.ndarray and _interop.is_foreign(input, chosen):
         input, back = _interop.to_native(input, chosen)
     return chosen, as_input(input, chosen), back
+
+
+def _size(x: Array) -> int:
+    """Element count (a torch tensor's ``size`` is a method, not the Array API's attribute)."""
+    return numel(tuple(x.shape))
 
 
 def _returned(y: Array, saved: Saved) -> Array:
@@ -197,10 +203,10 @@ def _batch_norm(
     if not training and running_mean is None:
         raise ValueError("batch_norm in evaluation mode (training=False) needs running_mean and "
                          "running_var; got None")
-    saved = Saved("batch_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps,
+    saved = Saved("batch_norm", be, tuple(x.shape), np_dtype(x.dtype), eps=eps,
                   weight=weight, weight_shape=None if weight is None else (c,),
                   has_bias=bias is not None, extra={"batch_stats": training}, back=back)
-    if x.size == 0:
+    if _size(x) == 0:
         return _empty_like(be, x), saved, None
     x3 = x.reshape(n_, c, per_channel // n_)
     update = None
@@ -267,10 +273,10 @@ def _instance_norm(
     if not use_input_stats and running_mean is None:
         raise ValueError("instance_norm with use_input_stats=False needs running_mean and "
                          "running_var; got None")
-    saved = Saved("instance_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=weight,
+    saved = Saved("instance_norm", be, tuple(x.shape), np_dtype(x.dtype), eps=eps, weight=weight,
                   weight_shape=None if weight is None else (c,), has_bias=bias is not None,
                   extra={"batch_stats": use_input_stats}, back=back)
-    if x.size == 0:
+    if _size(x) == 0:
         return _empty_like(be, x), saved, None
     update = None
     if use_input_stats:
@@ -341,7 +347,7 @@ def _row_norm(
     shape = normalized_shape_tuple(normalized_shape)
     be, x, back = _prepare(input, backend)
     if eps is None:  # torch: the epsilon of the type it computes in (float32 for float16)
-        eps = float(np.finfo(np.promote_types(x.dtype, np.float32)).eps)
+        eps = float(np.finfo(np.promote_types(np_dtype(x.dtype), np.float32)).eps)
     eps = check_eps(eps)
     k = len(shape)
     if x.ndim < k or tuple(x.shape[x.ndim - k:]) != shape:
@@ -352,12 +358,12 @@ def _row_norm(
     bias = _trailing_param(bias, be, shape, "bias", x)
     cols = numel(shape)
     w2 = _reshape_param(be, weight, (1, cols))
-    saved = Saved(op, be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
+    saved = Saved(op, be, tuple(x.shape), np_dtype(x.dtype), eps=eps, weight=w2,
                   weight_shape=None if weight is None else shape, has_bias=bias is not None,
                   extra={"center": center}, back=back)
-    if x.size == 0:
+    if _size(x) == 0:
         return _returned(_empty_like(be, x), saved), saved
-    x4 = x.reshape(x.size // cols, 1, cols, 1)
+    x4 = x.reshape(_size(x) // cols, 1, cols, 1)
     y, mean, var = _call(be, "group_normalize", x4, w2, _reshape_param(be, bias, (1, cols)),
                          eps, center)
     saved.x, saved.mean, saved.var = x4, mean, var
@@ -432,10 +438,10 @@ def group_norm(
     weight = vector(weight, be, c, "weight", x)
     bias = vector(bias, be, c, "bias", x)
     w2 = _reshape_param(be, weight, (groups, c // groups))
-    saved = Saved("group_norm", be, tuple(x.shape), np.dtype(x.dtype), eps=eps, weight=w2,
+    saved = Saved("group_norm", be, tuple(x.shape), np_dtype(x.dtype), eps=eps, weight=w2,
                   weight_shape=None if weight is None else (c,), has_bias=bias is not None,
                   extra={"center": True}, back=back)
-    if x.size == 0:
+    if _size(x) == 0:
         return _returned(_empty_like(be, x), saved), saved
     x4 = x.reshape(n_, groups, c // groups, numel(tuple(x.shape[2:])))
     y, mean, var = _call(be, "group_normalize", x4, w2,
@@ -457,8 +463,8 @@ def _check_grad(grad_output: Array, saved: Saved, op: str | tuple[str, ...]) -> 
     if tuple(dy.shape) != saved.input_shape:
         raise ShapeError(f"grad_output must have the forward input's shape {saved.input_shape}, "
                          f"got {tuple(dy.shape)}")
-    if np.dtype(dy.dtype) != saved.dtype:
-        raise DTypeError(f"grad_output dtype {np.dtype(dy.dtype)} does not match the forward "
+    if np_dtype(dy.dtype) != saved.dtype:
+        raise DTypeError(f"grad_output dtype {np_dtype(dy.dtype)} does not match the forward "
                          f"input dtype {saved.dtype}")
     return dy
 
@@ -539,11 +545,11 @@ def weight_standardization(
     ddof = 1 if unbiased else 0
     rows = w.shape[0]
     cols = numel(tuple(w.shape[1:]))
-    if cols - ddof <= 0 and w.size:
+    if cols - ddof <= 0 and _size(w):
         raise ValueError(f"the unbiased std needs at least 2 values per filter, got {cols}")
-    saved = Saved("weight_standardization", be, tuple(w.shape), np.dtype(w.dtype), eps=eps,
+    saved = Saved("weight_standardization", be, tuple(w.shape), np_dtype(w.dtype), eps=eps,
                   extra={"ddof": ddof, "eps_in_root": bool(eps_in_root)}, back=back)
-    if w.size == 0:
+    if _size(w) == 0:
         return _returned(_empty_like(be, w), saved), saved
     w2 = w.reshape(rows, cols)
     y, mean, denom = _call(be, "standardize_rows", w2, eps, ddof, bool(eps_in_root))
@@ -587,8 +593,8 @@ def dropout(
         seed = int((rng if rng is not None else np.random.default_rng()).integers(0, 2**63))
     elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    active = bool(training) and p > 0.0 and x.size > 0
-    saved = Saved("dropout", be, tuple(x.shape), np.dtype(x.dtype),
+    active = bool(training) and p > 0.0 and _size(x) > 0
+    saved = Saved("dropout", be, tuple(x.shape), np_dtype(x.dtype),
                   extra={"p": p, "seed": int(seed) % 2**63, "active": active}, back=back)
     if not active:
         return input, saved  # the very array given, as torch returns it

@@ -104,11 +104,15 @@ def layer_class(name: str) -> Any:
 
 
 def make_sync(backend: Any) -> Callable[[], None]:
-    """A function that waits for the backend's queued device work (a no-op on CPU backends).
+    """A function that waits for the backend's queued work (a no-op on synchronous backends).
 
-    GPU kernels launch asynchronously: a timed call that does not synchronize measures only the
-    launch. CuPy's device synchronize is used when CuPy is there, else Numba's.
+    GPU kernels (and JAX's) launch asynchronously: a timed call that does not synchronize
+    measures only the launch. Backends of contract version 2 say how to wait
+    (``synchronize()``); at older commits GPU backends fall back to CuPy's or Numba's.
     """
+    sync = getattr(backend, "synchronize", None)
+    if sync is not None:
+        return sync
     if getattr(backend, "device", "cpu") == "cpu":
         return _nothing
     try:
