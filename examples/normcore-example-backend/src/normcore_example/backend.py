@@ -45,7 +45,7 @@ class ExampleBackend(Backend):
     """A plain-NumPy backend registered by the ``normcore-example-backend`` distribution."""
 
     name = "example"
-    api_version = 1
+    api_version = 2  # (NumPy arrays, mutable, synchronous: the contract's defaults fit)
     device = "cpu"
     dtypes = (np.float16, np.float32, np.float64)
     # All nine kernels (the default of ``Backend.kernels``); a partial backend would list fewer.
