@@ -97,6 +97,8 @@ def vector(v: Any, backend: Backend, size: int, what: str, x: Any) -> Any:
 
 def is_number(value: Any) -> bool:
     """A real number, Python's or NumPy's (``np.float32(1e-5)`` is one, as for torch); not a bool."""
+    if type(value) is float or type(value) is int:
+        return True  # the usual case, without the ABC check below
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 

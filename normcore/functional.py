@@ -105,7 +105,8 @@ def _prepare(input: Array, backend: str | Backend | None) -> tuple[Backend, Arra
 
 def _size(x: Array) -> int:
     """Element count (a torch tensor's ``size`` is a method, not the Array API's attribute)."""
-    return numel(tuple(x.shape))
+    size = getattr(x, "size", None)
+    return size if type(size) is int else numel(tuple(x.shape))
 
 
 def _returned(y: Array, saved: Saved) -> Array:
