@@ -125,7 +125,7 @@ def test_fused_backward_matches_the_two_pass_kernels(shape, batch_stats, monkeyp
                                                                  batch_stats)
     mu = mean.astype(np.float64)
     nblk = B._blocks(x3.shape[0] * c, B._num_threads())
-    want_db, want_dw, a, k2, k3 = k.bwd_reduce_ncl_rows(dy3, x3, mu, var, 1e-5, w, batch_stats,
+    want_db, want_dw, a, k2, k3, _ = k.bwd_reduce_ncl_rows(dy3, x3, mu, var, 1e-5, w, batch_stats,
                                                         nblk)
     want_dx = np.empty_like(x3)
     k.bwd_apply_ncl(dy3, x3, mu, a, k2, k3, want_dx, nblk)
@@ -161,7 +161,7 @@ def test_fused_channels_last_backward_matches_the_two_pass_kernels(shape, nhwc, 
     mu = mean.astype(np.float64)
     nblk = B._blocks(xt.shape[0] * xt.shape[1], B._num_threads())
     pb, pw = B._partials(nblk, c)
-    want_db, want_dw, a, k2, k3 = k.bwd_reduce_nlc(dyt, xt, mu, var, 1e-5, w, batch_stats, pb, pw)
+    want_db, want_dw, a, k2, k3, _ = k.bwd_reduce_nlc(dyt, xt, mu, var, 1e-5, w, batch_stats, pb, pw)
     want_dx = np.empty(xt.shape, np.float32)
     k.bwd_apply_nlc(dyt, xt, mu, a, k2, k3, want_dx, nblk)
     assert dx.transpose(0, 2, 1).flags.c_contiguous  # channels-last out for channels-last in

@@ -1,4 +1,5 @@
-"""normcore's Numba CPU backend: parallel (prange) kernels with float64 accumulation.
+"""normcore's Numba CPU backend: parallel (prange) kernels; float64 input is summed in float64,
+float32 input in float32 lanes of 32 terms that are added into float64 (docs/backends.md).
 
 Importing this package is light (it does not import numba); the backend class lives in
 ``normcore_numba.backend`` and the compiled kernels in the private ``_*.py`` modules, which are
@@ -11,7 +12,8 @@ INFO = {
     "array_library": "numpy",
     "requires": ["numba"],
     "priority": 20,
-    "description": "Numba parallel CPU kernels (prange, float64 accumulation, on-disk cache)",
+    "description": "Numba parallel CPU kernels (prange, float32 sums in blocks of 32 terms, float64 beyond; "
+                   "on-disk cache)",
 }
 
 

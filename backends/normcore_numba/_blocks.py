@@ -34,7 +34,7 @@ from ._common import KERNEL
 
 #: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
 #: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "1ea4d2d0eab26425daf45d856cfe6e8f25ae6fcd978754a70f060b36aa707b57"
+CODE_SHA256 = "6adc431478b936b911208132f5a59a11b8b1334d36670d322a76640b09a89b74"
 
 _ENTRY_SIG = signature(types.none, types.intp, types.intp)
 

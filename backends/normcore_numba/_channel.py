@@ -57,16 +57,18 @@ from ._common import (
     borrow,
     cast,
     empty,
+    finite,
     grad_row,
     lane_shift,
     nonneg,
+    sample_shift,
 )
 from ._simd import FOLD, ROW_LANES, STRIP_NARROW, STRIP_WIDE, vrows0, vrows1, vstrip0, vstrip1
 from ._vmap import store_fence, vaffine_each, vgrad_each
 
 #: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
 #: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "1ea4d2d0eab26425daf45d856cfe6e8f25ae6fcd978754a70f060b36aa707b57"
+CODE_SHA256 = "6adc431478b936b911208132f5a59a11b8b1334d36670d322a76640b09a89b74"
 
 # ---------------------------------------------------------------- per-channel finishing (serial)
 # Run after a kernel's blocks, in the same compiled call: merging the (blocks, C, lanes) partials
@@ -86,30 +88,36 @@ def _total(p, c):
 
 @njit(inline="always", **HELPER)
 def _moments(p1, p2, k, m):
-    """float64 (mean, biased var) per channel from sums shifted by k over m elements."""
+    """float64 (mean, biased var) per channel from sums shifted by k over m elements, and
+    whether they are all finite (float32 lanes overflow on huge input: see _common.finite)."""
     c_ = p1.shape[1]
     mean = empty(c_, np.float64)
     var = empty(c_, np.float64)
+    ok = True
     for c in range(c_):
         m1 = _total(p1, c) / m
         mean[c] = k[c] + m1
         var[c] = nonneg(_total(p2, c) / m - m1 * m1)
-    return mean, var
+        ok = ok and finite(mean[c], var[c])
+    return mean, var, ok
 
 
 @njit(inline="always", **HELPER)
 def _grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
     """From the backward sums (sum(dy), sum(dy * (x - mu))): dbias, dweight and the coefficients
-    of dx = a * dy - k2 * (x - mu) - k3 (k2 = k3 = 0 with running statistics)."""
+    of dx = a * dy - k2 * (x - mu) - k3 (k2 = k3 = 0 with running statistics), and whether
+    the sums are all finite (see _moments)."""
     c_ = pb.shape[1]
     dbias = empty(c_, np.float64)
     dweight = empty(c_, np.float64)
     a = empty(c_, np.float64)
     k2 = empty(c_, np.float64)
     k3 = empty(c_, np.float64)
+    ok = True
     for c in range(c_):
         sb = _total(pb, c)
         sx = _total(pw, c)
+        ok = ok and finite(sb, sx)
         rstd = 1.0 / math.sqrt(numba.float64(var[c]) + eps)
         w = 1.0 if weight is None else numba.float64(weight[c])
         dbias[c] = sb
@@ -121,7 +129,7 @@ def _grad_coeffs(pb, pw, mu, var, eps, weight, m, batch_stats):
         else:
             k2[c] = 0.0
             k3[c] = 0.0
-    return dbias, dweight, a, k2, k3
+    return dbias, dweight, a, k2, k3, ok
 
 
 # ---------------------------------------------------------------- (N, C, L) layout
@@ -163,10 +171,10 @@ def _piece(x, n, c, ch, nchunk):
 @njit(inline="always", **HELPER)
 def _first_samples(x):
     """k[c] = x[0, c, 0] as float64: channel c's sums are shifted by one of its samples (exact
-    in x's dtype, so the float32 lanes subtract it exactly)."""
+    in x's dtype, so the float32 lanes subtract it exactly; 0 where it is not finite)."""
     k = empty(x.shape[1], np.float64)
     for c in range(x.shape[1]):
-        k[c] = x[0, c, 0]
+        k[c] = sample_shift(x[0, c, 0])
     return k
 
 
@@ -225,13 +233,14 @@ def _units_body(b, a):
 @njit(**HELPER)
 def moments_ncl(x, nchunk, nblk):
     """Per-channel (mean, var) of (N, C, L) rows cut into ``nchunk`` pieces each, in x's dtype,
-    via shifted sums over nblk blocks."""
+    via shifted sums over nblk blocks, and whether the float64 statistics are finite (each
+    moments_* kernel returns that flag, see _moments)."""
     x = borrow(x)
     k = _first_samples(x)
     t1, t2 = _block_totals(nblk, x.shape[1])
     parallel_blocks(_units_body, nblk, (x, k, nchunk, t1, t2))
-    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    mean, var, ok = _moments(t1, t2, k, x.shape[0] * x.shape[2])
+    return cast(mean, x.dtype), cast(var, x.dtype), ok
 
 
 @njit(inline="always", **HELPER)
@@ -266,8 +275,8 @@ def moments_ncl_rows(x, nblk):
     k = _first_samples(x)
     t1, t2 = _block_totals(nblk, x.shape[1])
     parallel_blocks(_rows_body, nblk, (x, k, t1, t2))
-    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    mean, var, ok = _moments(t1, t2, k, x.shape[0] * x.shape[2])
+    return cast(mean, x.dtype), cast(var, x.dtype), ok
 
 
 @njit(inline="always", **HELPER)
@@ -298,10 +307,11 @@ def _row_span(r0, r1, c_):
 @njit(inline="always", **HELPER)
 def _slab_shifts(x, c_):
     """k[c]: one sample of channel c, float64: x[0, c, 0] in both strip views ((N, C, L) slabs,
-    channel c's row starting at position c * L, and (S, r * C, 1) rows of C channels)."""
+    channel c's row starting at position c * L, and (S, r * C, 1) rows of C channels); 0 where
+    it is not finite."""
     k = empty(c_, np.float64)
     for c in range(c_):
-        k[c] = x[0, c, 0]
+        k[c] = sample_shift(x[0, c, 0])
     return k
 
 
@@ -373,8 +383,8 @@ def moments_ncl_strips(x, c_, inner, nblk):
     kp = _position_shifts(x, c_, inner, k)
     o1, o2, s1, s2 = _strip_partials(nblk, x.shape[1] * x.shape[2], c_)
     parallel_blocks(_strips_body, nblk, (x, kp, inner, o1, o2, s1, s2))
-    mean, var = _moments(s1, s2, k, x.size // c_)
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    mean, var, ok = _moments(s1, s2, k, x.size // c_)
+    return cast(mean, x.dtype), cast(var, x.dtype), ok
 
 
 @njit(inline="always", **HELPER)
@@ -592,10 +602,12 @@ def bwd_apply_periodic_nt(dy2, x2, mu, a, k2, k3, inner, dx2, nblk):
     parallel_blocks(_grad_periodic_nt_body, nblk, (dy2, x2, dx2, p, nblk))
 
 
-# Training forward in one call: statistics, then the normalize pass with them (float64, not yet
-# rounded to the statistics' dtype), one compiled call instead of two. For cache-sized inputs,
-# where a layer call's fixed costs show: measured (2 threads) BatchNorm2d (256, 64, 8, 8) float32
-# 108 -> 96 us, (8, 256, 28, 28) 170 -> 160 us, (2, 4, 2, 2) 16.5 -> 9.3 us.
+# Training forward in one call: statistics, then the normalize pass with them (rounded to the
+# statistics' dtype, as channel_normalize gets them: a float32 variance past float32's range is
+# inf and the output 0, as the reference and torch give it), one compiled call instead of two.
+# For cache-sized inputs, where a layer call's fixed costs show: measured (2 threads)
+# BatchNorm2d (256, 64, 8, 8) float32 108 -> 96 us, (8, 256, 28, 28) 170 -> 160 us,
+# (2, 4, 2, 2) 16.5 -> 9.3 us.
 # The two passes are two parallel_blocks calls (block b's sums, then its rows normalized), with
 # the statistics finished in between.
 # They also update the running statistics (rm, rv: new_mean, new_var; rm empty: no update), as
@@ -619,22 +631,23 @@ def _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var):
 @njit(**HELPER)
 def batch_ncl(x, nchunk, nsum, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
               new_mean, new_var):
-    """moments_ncl (nsum blocks), then affine_ncl into y with the float64 statistics."""
+    """moments_ncl (nsum blocks), then affine_ncl into y with the statistics (see above)."""
     x, y = borrow((x, y))
     k = _first_samples(x)
     t1, t2 = _block_totals(nsum, x.shape[1])
     parallel_blocks(_units_body, nsum, (x, k, nchunk, t1, t2))
-    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
-    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    mean, var, ok = _moments(t1, t2, k, x.shape[0] * x.shape[2])
+    m, v = _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    mu, scale, shift = _centered(m, v, eps, weight, bias)
     parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
-    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    return m, v, ok
 
 
 @njit(**HELPER)
 def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                      new_mean, new_var):
     """moments_ncl_strips of (N, C, L) with contiguous (C, L) slabs, then affine_ncl into y with
-    the float64 statistics."""
+    the statistics (see above)."""
     x, y = borrow((x, y))
     c_ = x.shape[1]
     l_ = x.shape[2]
@@ -642,10 +655,11 @@ def batch_ncl_strips(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction
     kp = _position_shifts(x, c_, l_, k)
     o1, o2, s1, s2 = _strip_partials(nblk, c_ * l_, c_)
     parallel_blocks(_strips_body, nblk, (x, kp, l_, o1, o2, s1, s2))
-    mean, var = _moments(s1, s2, k, x.shape[0] * l_)
-    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    mean, var, ok = _moments(s1, s2, k, x.shape[0] * l_)
+    m, v = _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    mu, scale, shift = _centered(m, v, eps, weight, bias)
     parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
-    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    return m, v, ok
 
 
 @njit(**HELPER)
@@ -659,25 +673,26 @@ def batch_periodic(xs, c_, inner_s, x2, ends, inner, eps, weight, bias, y2, nblk
     kp = _position_shifts(xs, c_, inner_s, k)
     o1, o2, s1, s2 = _strip_partials(nblk, xs.shape[1] * xs.shape[2], c_)
     parallel_blocks(_strips_body, nblk, (xs, kp, inner_s, o1, o2, s1, s2))
-    mean, var = _moments(s1, s2, k, xs.size // c_)
-    cr, ar, sr = _position_rows(mean, var, eps, weight, bias, x2.shape[1], inner, x2,
-                                ends[0].size)
+    mean, var, ok = _moments(s1, s2, k, xs.size // c_)
+    m, v = _batch_out(xs, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    cr, ar, sr = _position_rows(m, v, eps, weight, bias, x2.shape[1], inner, x2, ends[0].size)
     parallel_blocks(_periodic_body, nblk2, (x2, y2, ends, cr, ar, sr, nblk2))
-    return _batch_out(xs, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    return m, v, ok
 
 
 @njit(**HELPER)
 def batch_ncl_rows(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction,
                    new_mean, new_var):
-    """moments_ncl_rows, then affine_ncl into y with the float64 statistics."""
+    """moments_ncl_rows, then affine_ncl into y with the statistics (see above)."""
     x, y = borrow((x, y))
     k = _first_samples(x)
     t1, t2 = _block_totals(nblk, x.shape[1])
     parallel_blocks(_rows_body, nblk, (x, k, t1, t2))
-    mean, var = _moments(t1, t2, k, x.shape[0] * x.shape[2])
-    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    mean, var, ok = _moments(t1, t2, k, x.shape[0] * x.shape[2])
+    m, v = _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    mu, scale, shift = _centered(m, v, eps, weight, bias)
     parallel_blocks(_affine_body, nblk, (x, y, mu, scale, shift, nblk))
-    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    return m, v, ok
 
 
 @njit(**HELPER)
@@ -820,16 +835,17 @@ def bwd_apply_ncl_nt(dy, x, mu, a, k2, k3, dx, nblk):
 @njit(**HELPER)
 def bwd_ncl_rows(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     """bwd_reduce_ncl_rows, then bwd_apply_ncl into dx (cached stores), in one call. Returns
-    (dbias, dweight)."""
+    (dbias, dweight, finite: see _grad_coeffs)."""
     dy, x, dx = borrow((dy, x, dx))
     n_, c_, l_ = x.shape
     rows = n_ * c_
     pb, pw = _block_totals(nblk, c_)
     parallel_blocks(_rows_grad_body, nblk, (dy, x, mu, pb, pw, rows, nblk))
     _onto_mu(dy, x, mu, pb, pw)
-    dbias, dweight, a, k2, k3 = _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_, batch_stats)
+    dbias, dweight, a, k2, k3, ok = _grad_coeffs(pb, pw, mu, var, eps, weight, n_ * l_,
+                                                 batch_stats)
     parallel_blocks(_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, rows, nblk))
-    return dbias, dweight
+    return dbias, dweight, ok
 
 
 # ---------------------------------------------------------------- channels-last: (N, L, C) view
@@ -895,13 +911,23 @@ def _nlc_sums_body(b, a):
     _nlc_sums_block(x, k, p1, p2, b)
 
 
+@njit(inline="always", **HELPER)
+def _nlc_shifts(x):
+    """k[c] = x[0, 0, c] (0 where not finite): _first_samples of the channels-last view."""
+    k = empty(x.shape[2], np.float64)
+    for c in range(x.shape[2]):
+        k[c] = sample_shift(x[0, 0, c])
+    return k
+
+
 @njit(**HELPER)
-def moments_nlc(x, k, p1, p2):
+def moments_nlc(x, p1, p2):
     """moments_ncl for the channels-last view; zeroed partials of shape (blocks, C)."""
     x = borrow(x)
+    k = _nlc_shifts(x)
     parallel_blocks(_nlc_sums_body, p1.shape[0], (x, k, p1, p2))
-    mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
-    return cast(mean, x.dtype), cast(var, x.dtype)
+    mean, var, ok = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
+    return cast(mean, x.dtype), cast(var, x.dtype), ok
 
 
 @njit(inline="always", **HELPER)
@@ -938,14 +964,12 @@ def affine_nlc(x, mean, var, eps, weight, bias, y, nblk):
 
 @njit(**HELPER)
 def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_mean, new_var):
-    """moments_nlc, then affine_nlc into y with the float64 statistics (the fused forwards of
+    """moments_nlc, then affine_nlc into y with the statistics (the fused forwards of
     the (N, C, L) layout above, for channels-last input too small for the strip kernels: a
     BatchNorm1d of a few rows took three kernel calls, 20 us where one takes 10)."""
     x, y = borrow((x, y))
     c_ = x.shape[2]
-    k = empty(c_, np.float64)
-    for c in range(c_):
-        k[c] = x[0, 0, c]
+    k = _nlc_shifts(x)
     p1 = empty((nblk, c_), np.float64)
     p2 = empty((nblk, c_), np.float64)
     for j in range(nblk):
@@ -953,10 +977,11 @@ def batch_nlc(x, eps, weight, bias, y, nblk, rm, rv, momentum, correction, new_m
             p1[j, c] = 0.0
             p2[j, c] = 0.0
     parallel_blocks(_nlc_sums_body, nblk, (x, k, p1, p2))
-    mean, var = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
-    mu, scale, shift = _centered(mean, var, eps, weight, bias)
+    mean, var, ok = _nlc_moments(p1, p2, k, x.shape[0] * x.shape[1])
+    m, v = _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    mu, scale, shift = _centered(m, v, eps, weight, bias)
     parallel_blocks(_nlc_affine_body, nblk, (x, y, mu, scale, shift, nblk))
-    return _batch_out(x, mean, var, rm, rv, momentum, correction, new_mean, new_var)
+    return m, v, ok
 
 
 @njit(inline="always", **HELPER)
@@ -1053,7 +1078,7 @@ def bwd_apply_nlc(dy, x, mu, a, k2, k3, dx, nblk):
 @njit(**HELPER)
 def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
     """bwd_reduce_nlc, then bwd_apply_nlc into dx, in one call (as bwd_ncl_rows), for
-    channels-last input too small for the strip kernels. Returns (dbias, dweight)."""
+    channels-last input too small for the strip kernels. Returns (dbias, dweight, finite)."""
     dy, x, dx = borrow((dy, x, dx))
     c_ = x.shape[2]
     pb = empty((nblk, c_), np.float64)
@@ -1063,10 +1088,10 @@ def bwd_nlc(dy, x, mu, var, eps, weight, batch_stats, nblk, dx):
             pb[j, c] = 0.0
             pw[j, c] = 0.0
     parallel_blocks(_nlc_grad_sums_body, nblk, (dy, x, mu, pb, pw))
-    dbias, dweight, a, k2, k3 = _nlc_grad_coeffs(pb, pw, mu, var, eps, weight,
-                                                 x.shape[0] * x.shape[1], batch_stats)
+    dbias, dweight, a, k2, k3, ok = _nlc_grad_coeffs(pb, pw, mu, var, eps, weight,
+                                                     x.shape[0] * x.shape[1], batch_stats)
     parallel_blocks(_nlc_grad_body, nblk, (dy, x, mu, a, k2, k3, dx, nblk))
-    return dbias, dweight
+    return dbias, dweight, ok
 
 
 # ---------------------------------------------------------------- running statistics (serial)

@@ -15,6 +15,8 @@ fails until then) so that every cached kernel is recompiled (see ``_fingerprint`
 
 from __future__ import annotations
 
+import math
+
 import numba
 from llvmlite import ir
 from numba import njit
@@ -28,7 +30,7 @@ from ._vmap import vaffine, vaffine_sums, vgrad, vgradw_sums, vnorm, vnorm_sums
 
 #: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
 #: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "1ea4d2d0eab26425daf45d856cfe6e8f25ae6fcd978754a70f060b36aa707b57"
+CODE_SHA256 = "6adc431478b936b911208132f5a59a11b8b1334d36670d322a76640b09a89b74"
 
 #: Options of the one parallel kernel (``_blocks._run_blocks``; every other kernel is compiled
 #: with HELPER and runs its blocks through it). error_model="numpy": division by zero gives
@@ -138,6 +140,32 @@ def cast(a, dtype):
 def nonneg(v):
     """max(v, 0.0) without the overload (NaN stays NaN, as with max)."""
     return 0.0 if v < 0.0 else v
+
+
+@njit(inline="always", **HELPER)
+def sample_shift(v):
+    """A sample of the data as the shift of its sums, in float64: v itself, or 0 where v is not
+    finite (subtracting an infinite first element from itself gave NaN sums where the mean is
+    the infinity, as torch has it)."""
+    v = numba.float64(v)
+    return v if math.isfinite(v) else 0.0
+
+
+@njit(inline="always", **HELPER)
+def finite(a, b):
+    """Whether both float64 statistics are finite. Sums of float32 input run in float32 lanes,
+    which overflow where |x| ~ 1e18 and more (their squares); a non-finite statistic of float32
+    input sends the call to the float64 path (see backend._safe)."""
+    return math.isfinite(a) and math.isfinite(b)
+
+
+@njit(inline="always", **HELPER)
+def all_set(flags):
+    """Whether every block's flag (uint8, 1 for a block whose statistics are all finite) is set."""
+    for b in range(flags.shape[0]):
+        if flags[b] == 0:
+            return False
+    return True
 
 
 @njit(**HELPER)

@@ -47,14 +47,17 @@ from ._common import (
     HELPER,
     affine_row,
     affine_row_sums,
+    all_set,
     borrow,
     dot2_centered,
     empty,
+    finite,
     grad_row,
     gradw_row_sums,
     nonneg,
     norm_row,
     norm_row_sums,
+    sample_shift,
     sums_shifted,
     wdot2_centered,
 )
@@ -62,7 +65,7 @@ from ._vmap import store_fence
 
 #: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
 #: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "1ea4d2d0eab26425daf45d856cfe6e8f25ae6fcd978754a70f060b36aa707b57"
+CODE_SHA256 = "6adc431478b936b911208132f5a59a11b8b1334d36670d322a76640b09a89b74"
 
 
 @njit(inline="always", **HELPER)
@@ -76,15 +79,16 @@ def _moments(s1, s2, k, m, center):
 
 @njit(inline="always", **HELPER)
 def _fwd3_body(blk, a):
-    x, w, b, eps, center, y, nblk, stream, mean, var = a
+    x, w, b, eps, center, y, nblk, stream, mean, var, ok = a
     n_, g_, d_ = x.shape
     rows = n_ * g_
     r0 = blk * rows // nblk
     r1 = (blk + 1) * rows // nblk
+    fin = True
     if r0 < r1:
         n = r0 // g_
         g = r0 - n * g_
-        k = numba.float64(x[n, g, 0]) if center else 0.0
+        k = sample_shift(x[n, g, 0]) if center else 0.0
         s1, s2 = sums_shifted(x[n, g], k)
         for r in range(r0, r1):
             n = r // g_
@@ -92,29 +96,45 @@ def _fwd3_body(blk, a):
             mu, v = _moments(s1, s2, k, d_, center)
             mean[n, g] = mu
             var[n, g] = v
+            fin = fin and finite(mu, v)
             rstd = 1.0 / math.sqrt(v + eps)
             if r + 1 < r1:
                 nn = (r + 1) // g_
                 ng = r + 1 - nn * g_
-                k = numba.float64(x[nn, ng, 0]) if center else 0.0
+                k = sample_shift(x[nn, ng, 0]) if center else 0.0
                 s1, s2 = norm_row_sums(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream,
                                        x[nn, ng], k)
             else:
                 norm_row(x[n, g], y[n, g], w[g], b[g], mu, rstd, stream)
         if stream:
             store_fence()
+    ok[blk] = fin
 
 
 @njit(**HELPER)
 def fwd3(x, w, b, eps, center, y, nblk, stream):
     """Each block sums its first row, then normalizes row r in the same loop that sums row r + 1
-    (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums)."""
+    (the pipelined pass: reads and writes stream together, see _vmap._NextRowSums). Returns
+    (mean, var, whether every statistic is finite: see _common.finite)."""
     x, w, b, y = borrow((x, w, b, y))
     n_, g_, _ = x.shape
     mean = empty((n_, g_), np.float64)
     var = empty((n_, g_), np.float64)
-    parallel_blocks(_fwd3_body, nblk, (x, w, b, eps, center, y, nblk, stream, mean, var))
-    return mean, var
+    ok = empty(nblk, np.uint8)
+    parallel_blocks(_fwd3_body, nblk, (x, w, b, eps, center, y, nblk, stream, mean, var, ok))
+    return mean, var, all_set(ok)
+
+
+@njit(inline="always", **HELPER)
+def _finite_rows(mean, var):
+    """Whether every row's statistics are finite (see _common.finite), checked after the blocks:
+    a flag written at the end of _fwd4_body was lost (the block's code after its loop never
+    ran; one pass over the (N, G) statistics costs next to nothing)."""
+    for n in range(mean.shape[0]):
+        for g in range(mean.shape[1]):
+            if not finite(mean[n, g], var[n, g]):
+                return False
+    return True
 
 
 @njit(inline="always", **HELPER)
@@ -128,7 +148,7 @@ def _fwd4_body(blk, a):
     if r0 < r1:
         n = r0 // g_
         g = r0 - n * g_
-        k = numba.float64(x[n, g, 0, 0]) if center else 0.0
+        k = sample_shift(x[n, g, 0, 0]) if center else 0.0
         s1 = 0.0
         s2 = 0.0
         for d in range(d_):
@@ -146,7 +166,7 @@ def _fwd4_body(blk, a):
             nn = (r + 1) // g_
             ng = r + 1 - nn * g_
             if not last:
-                k = numba.float64(x[nn, ng, 0, 0]) if center else 0.0
+                k = sample_shift(x[nn, ng, 0, 0]) if center else 0.0
             s1 = 0.0
             s2 = 0.0
             for d in range(d_):
@@ -170,7 +190,7 @@ def fwd4(x, w, b, eps, center, y, nblk, stream):
     mean = empty((n_, g_), np.float64)
     var = empty((n_, g_), np.float64)
     parallel_blocks(_fwd4_body, nblk, (x, w, b, eps, center, y, nblk, stream, mean, var))
-    return mean, var
+    return mean, var, _finite_rows(mean, var)
 
 
 @njit(inline="always", **HELPER)
@@ -194,10 +214,11 @@ def _next_row(n, g, g_, r0, r1):
 
 @njit(inline="always", **HELPER)
 def _bwd3_body(blk, a):
-    dy, x, mean, var, eps, w, center, dx, pw, pb, stream = a
+    dy, x, mean, var, eps, w, center, dx, pw, pb, stream, ok = a
     n_, g_, d_ = x.shape
     rows = n_ * g_
     nblk = pw.shape[0]
+    fin = True
     r0 = blk * rows // nblk
     r1 = (blk + 1) * rows // nblk
     # rows in g-major order, TILE consecutive n of one g at a time. Each row's dx map also sums
@@ -216,6 +237,7 @@ def _bwd3_body(blk, a):
                 if not started:
                     sg, sgx = wdot2_centered(dy[n, g], x[n, g], w[g], mu)
                     started = True
+                fin = fin and finite(sg, sgx)
                 rstd = 1.0 / math.sqrt(numba.float64(var[n, g]) + eps)
                 a2 = rstd * rstd * sgx / d_
                 a3 = sg / d_ if center else 0.0
@@ -230,17 +252,23 @@ def _bwd3_body(blk, a):
                   pb[blk, g])
     if stream:
         store_fence()
+    ok[blk] = fin
 
 
 @njit(**HELPER)
 def bwd3(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+    """dx into dx, dweight/dbias partials into pw/pb; returns whether every row's sums are
+    finite (see _common.finite)."""
     dy, x, w, dx = borrow((dy, x, w, dx))
-    parallel_blocks(_bwd3_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream))
+    ok = empty(pw.shape[0], np.uint8)
+    parallel_blocks(_bwd3_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream,
+                                              ok))
+    return all_set(ok)
 
 
 @njit(inline="always", **HELPER)
 def _bwd4_body(blk, a):
-    dy, x, mean, var, eps, w, center, dx, pw, pb, stream = a
+    dy, x, mean, var, eps, w, center, dx, pw, pb, stream, ok = a
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
@@ -258,6 +286,7 @@ def _bwd4_body(blk, a):
             pw[blk, g, d] += a2 * rstd
             sg += w[g, d] * a1
             sgx += w[g, d] * a2
+        ok[n, g] = finite(sg, sgx)  # per row: see _finite_rows
         k2 = rstd * rstd * rstd * sgx / m_
         k3 = rstd * sg / m_ if center else 0.0
         for d in range(d_):
@@ -268,5 +297,9 @@ def _bwd4_body(blk, a):
 
 @njit(**HELPER)
 def bwd4(dy, x, mean, var, eps, w, center, dx, pw, pb, stream):
+    """bwd3 for L > 1 (returns the same flag, from a flag per row: see _finite_rows)."""
     dy, x, w, dx = borrow((dy, x, w, dx))
-    parallel_blocks(_bwd4_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream))
+    ok = empty((x.shape[0], x.shape[1]), np.uint8)
+    parallel_blocks(_bwd4_body, pw.shape[0], (dy, x, mean, var, eps, w, center, dx, pw, pb, stream,
+                                              ok))
+    return all_set(ok.reshape(ok.size))

@@ -5,8 +5,10 @@ This module imports without numba (``is_available`` then says why it cannot run)
 modules, which import numba, are loaded on the first kernel call, and each kernel compiles only
 when it is first called (one specialization per dtype and array layout), so using LayerNorm never
 compiles the BatchNorm kernels. float16 input is widened to float32 at the boundary and the
-result rounded back; all reductions accumulate in float64 and all element-wise math is done in
-float64 and rounded once (as the reference does), so float32 results match it to rounding.
+result rounded back. float64 input is summed in float64; float32 input in float32 lanes of up to
+32 terms each, added into float64 lanes (see docs/backends.md for the accuracy), and where those
+overflow (|x| about 1e18 and more) the call is redone on the float64 path (``_safe``). Element-wise
+math is done in float64 and rounded once, or in float32 lanes for float32 rows (see ``_vmap``).
 Small inputs run as one block on the calling thread (see ``_plan``).
 """
 
@@ -367,6 +369,17 @@ def _running_result(rm: Any, rv: Any, new_mean: np.ndarray, new_var: np.ndarray
             new_var.astype(np.asarray(rv).dtype, copy=False))
 
 
+def _safe(x: np.ndarray, ok: bool) -> bool:
+    """Whether to redo a call on the float64 path: a statistic of float32 input came out
+    non-finite. The kernels sum float32 input in float32 lanes (a few dozen terms each, then
+    float64), and those overflow where |x| is about 1e18 or more (3e18 squared, 32 times, is
+    past float32's range): LayerNorm gave zeros, BatchNorm NaN. The same kernels on x as float64
+    sum in float64 lanes and give the reference's answer, also for input that is not finite
+    (NaN, inf), the only other way to get here. The flag comes from the kernels' per-row or
+    per-channel finishing code: ordinary input pays nothing for it."""
+    return not ok and x.dtype == np.float32
+
+
 def _flat_rows(x4: np.ndarray, l_: int) -> bool:
     """Use the flat-row (L == 1) kernels on a (N, G, D*L) view: contiguous x and short L."""
     return l_ < 64 and x4.flags.c_contiguous
@@ -406,8 +419,17 @@ class NumbaBackend(Backend):
 
     # -------------------------------------------------------------- channel view (N, C, L)
     def channel_moments(self, x3):
-        k, nt = _plan("_channel", x3.size)
         x = _widen(x3)  # the statistics come back in x's dtype: float32 for float16 input
+        mean, var, ok = self._moments(x)
+        if _safe(x, ok):
+            mean, var, _ = self._moments(x.astype(_F64))
+            return mean.astype(np.float32), var.astype(np.float32)
+        return mean, var
+
+    @staticmethod
+    def _moments(x):
+        """(mean, var, finite) of the (N, C, L) view x, in x's dtype (see channel_moments)."""
+        k, nt = _plan("_channel", x.size)
         n, c, l_ = x.shape
         strips = _strip_view(x, nt)
         if strips is not None:
@@ -415,7 +437,7 @@ class NumbaBackend(Backend):
             return k.moments_ncl_strips(slabs, c_, inner, _blocks(slabs.shape[0], nt))
         if _channels_last(x):
             p1, p2 = _partials(_blocks(n * l_, nt), c)
-            return k.moments_nlc(x.transpose(0, 2, 1), _f64(x[0, :, 0]), p1, p2)
+            return k.moments_nlc(x.transpose(0, 2, 1), p1, p2)
         if _short_rows(x):
             return k.moments_ncl_rows(x, _blocks(n * c, nt))
         nch = _nchunk(n * c, l_, nt)
@@ -492,28 +514,39 @@ class NumbaBackend(Backend):
             (slabs, c_, inner_s), (x2, inner, last) = strips, periodic
             y2, y = _periodic_out(x, x2, last, like=x)
             x2, y2, ends = _line_rows(x2, y2)
-            mean, var = k.batch_periodic(slabs, c_, inner_s, x2, ends, inner, float(eps), _vec(weight),
-                                         _vec(bias), y2, _blocks(slabs.shape[0], nt),
-                                         _blocks(x2.shape[0], nt), *upd)
-            return self._batch_result(y, x3, mean, var, running, upd)
+            mean, var, ok = k.batch_periodic(slabs, c_, inner_s, x2, ends, inner, float(eps),
+                                             _vec(weight), _vec(bias), y2,
+                                             _blocks(slabs.shape[0], nt), _blocks(x2.shape[0], nt),
+                                             *upd)
+            return self._batch_result(y, x3, mean, var, running, upd, ok, eps, weight, bias)
         yt = _out((n, l_, c) if nlc else (n, c, l_), dtype=x.dtype)
         y = yt.transpose(0, 2, 1) if nlc else yt
         args = (float(eps), _vec(weight), _vec(bias), yt, _blocks(n * l_ if nlc else n * c, nt),
                 *upd)
         if nlc:  # channels-last, too few rows for the strips
-            mean, var = k.batch_nlc(x.transpose(0, 2, 1), *args)
+            mean, var, ok = k.batch_nlc(x.transpose(0, 2, 1), *args)
         elif _strip_view(x, nt) is not None:  # (N, C, L) slabs: channels-last went above
-            mean, var = k.batch_ncl_strips(x, *args)
+            mean, var, ok = k.batch_ncl_strips(x, *args)
         elif _short_rows(x):
-            mean, var = k.batch_ncl_rows(x, *args)
+            mean, var, ok = k.batch_ncl_rows(x, *args)
         else:
             nch = _nchunk(n * c, l_, nt)
-            mean, var = k.batch_ncl(x, nch, _blocks(n * c * nch, nt), *args)
-        return self._batch_result(y, x3, mean, var, running, upd)
+            mean, var, ok = k.batch_ncl(x, nch, _blocks(n * c * nch, nt), *args)
+        return self._batch_result(y, x3, mean, var, running, upd, ok, eps, weight, bias)
 
-    @staticmethod
-    def _batch_result(y, x3, mean, var, running, upd):
-        """_batch's answer from a fused kernel: y in x3's dtype, and the running update."""
+    def _batch_result(self, y, x3, mean, var, running, upd, ok, eps, weight, bias):
+        """_batch's answer from a fused kernel: y in x3's dtype, and the running update. Where
+        its statistics overflowed (see _safe), the parts instead: channel_moments takes the
+        float64 path, and the normalize pass and the running update have no sums to overflow."""
+        if _safe(mean, ok):
+            mean, var = self.channel_moments(x3)
+            y = self.channel_normalize(x3, mean, var, eps, weight, bias)
+            if running is None:
+                return y, mean, var, None, None
+            c = mean.shape[0]
+            rm, rv, momentum, corr = running
+            return y, mean, var, *self.running_update(rm, rv, mean.reshape(1, c),
+                                                      var.reshape(1, c), momentum, corr)
         y = y.astype(x3.dtype, copy=False)
         if running is None:
             return y, mean, var, None, None
@@ -535,29 +568,36 @@ class NumbaBackend(Backend):
         if rows and _row_pieces(nt, x, dy) == 1 and not _stream(x, l_, 3):
             # cache-sized rows: both passes in one kernel
             dx = _out((n, c, l_), dtype=x.dtype)
-            dbias, dweight = k.bwd_ncl_rows(dy, x, *stats, _blocks(n * c, nt), dx)
+            dbias, dweight, ok = k.bwd_ncl_rows(dy, x, *stats, _blocks(n * c, nt), dx)
+            if _safe(x, ok):
+                return self._wide_backward(dy, x, mean, var, eps, weight, batch_stats, orig)
             return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
         if cl and sx is None and not _stream(x, c, 3):
             # channels-last, too few rows for the strips: both passes in one kernel
             dxt = _out((n, l_, c), dtype=x.dtype)
-            dbias, dweight = k.bwd_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1), *stats,
-                                       _blocks(n * l_, nt), dxt)
+            dbias, dweight, ok = k.bwd_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1), *stats,
+                                           _blocks(n * l_, nt), dxt)
+            if _safe(x, ok):
+                return self._wide_backward(dy, x, mean, var, eps, weight, batch_stats, orig)
             return (dxt.transpose(0, 2, 1).astype(orig, copy=False), dweight.astype(gd),
                     dbias.astype(gd))
         if strips:
             slabs = sx[0]
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
-                                                                _blocks(slabs.shape[0], nt))
+            dbias, dweight, a, k2, k3, ok = k.bwd_reduce_ncl_strips(sdy[0], slabs, *stats, sx[2],
+                                                                    _blocks(slabs.shape[0], nt))
         elif cl:
             pb, pw = _partials(_blocks(n * l_, nt), c)
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_nlc(dy.transpose(0, 2, 1), x.transpose(0, 2, 1),
-                                                         *stats, pb, pw)
+            dbias, dweight, a, k2, k3, ok = k.bwd_reduce_nlc(dy.transpose(0, 2, 1),
+                                                             x.transpose(0, 2, 1), *stats, pb, pw)
         elif rows:
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl_rows(dy, x, *stats, _blocks(n * c, nt))
+            dbias, dweight, a, k2, k3, ok = k.bwd_reduce_ncl_rows(dy, x, *stats,
+                                                                  _blocks(n * c, nt))
         else:
             nch = _nchunk(n * c, l_, nt)
-            dbias, dweight, a, k2, k3 = k.bwd_reduce_ncl(dy, x, *stats, nch,
-                                                         _blocks(n * c * nch, nt))
+            dbias, dweight, a, k2, k3, ok = k.bwd_reduce_ncl(dy, x, *stats, nch,
+                                                             _blocks(n * c * nch, nt))
+        if _safe(x, ok):
+            return self._wide_backward(dy, x, mean, var, eps, weight, batch_stats, orig)
         px, pdy = _periodic(x), _periodic(dy)
         if _paired(px, pdy):
             x2, inner, last = px
@@ -578,6 +618,13 @@ class NumbaBackend(Backend):
                    _blocks(n * c * p, nt))
         dx = dx.astype(orig, copy=False)
         return dx, dweight.astype(gd), dbias.astype(gd)
+
+    def _wide_backward(self, dy, x, mean, var, eps, weight, batch_stats, orig):
+        """channel_normalize_backward on the float64 path (see _safe), rounded to orig."""
+        dx, dweight, dbias = self.channel_normalize_backward(dy.astype(_F64), x.astype(_F64),
+                                                             mean, var, eps, weight, batch_stats)
+        gd = orig if weight is None else np.asarray(weight).dtype
+        return dx.astype(orig), dweight.astype(gd), dbias.astype(gd)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
         new_mean, new_var = _running_out(running_mean, running_var)
@@ -602,14 +649,16 @@ class NumbaBackend(Backend):
         y = _streamed_out(x.shape, x, stream)
         nblk = _blocks(n * g, nt)
         if l_ == 1:
-            mean, var = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0], nblk,
-                               stream)
+            mean, var, ok = k.fwd3(x[:, :, :, 0], w, b, float(eps), bool(center), y[:, :, :, 0],
+                                   nblk, stream)
         elif flat:
-            mean, var = k.fwd3(x.reshape(n, g, d * l_), np.repeat(w, l_, axis=1),
-                               np.repeat(b, l_, axis=1), float(eps), bool(center),
-                               y.reshape(n, g, d * l_), nblk, stream)
+            mean, var, ok = k.fwd3(x.reshape(n, g, d * l_), np.repeat(w, l_, axis=1),
+                                   np.repeat(b, l_, axis=1), float(eps), bool(center),
+                                   y.reshape(n, g, d * l_), nblk, stream)
         else:
-            mean, var = k.fwd4(x, w, b, float(eps), bool(center), y, nblk, stream)
+            mean, var, ok = k.fwd4(x, w, b, float(eps), bool(center), y, nblk, stream)
+        if _safe(x, ok):  # see _safe
+            y, mean, var = self.group_normalize(x.astype(_F64), weight, bias, eps, center)
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
         return y, mean.astype(sd, copy=False), var.astype(sd, copy=False)
@@ -629,19 +678,23 @@ class NumbaBackend(Backend):
         nblk = _blocks(n * g, nt)
         if l_ == 1:
             pw, pb = _partials(nblk, g, d)
-            k.bwd3(dy[:, :, :, 0], x[:, :, :, 0], *stats, w, bool(center), dx[:, :, :, 0], pw, pb,
-                   stream)
+            ok = k.bwd3(dy[:, :, :, 0], x[:, :, :, 0], *stats, w, bool(center), dx[:, :, :, 0],
+                        pw, pb, stream)
         elif flat:
             pw, pb = _partials(nblk, g, d * l_)
-            k.bwd3(dy.reshape(n, g, d * l_), x.reshape(n, g, d * l_), *stats,
-                   np.repeat(w, l_, axis=1), bool(center), dx.reshape(n, g, d * l_), pw, pb,
-                   stream)
+            ok = k.bwd3(dy.reshape(n, g, d * l_), x.reshape(n, g, d * l_), *stats,
+                        np.repeat(w, l_, axis=1), bool(center), dx.reshape(n, g, d * l_), pw, pb,
+                        stream)
             pw = pw.reshape(-1, g, d, l_).sum(axis=3)
             pb = pb.reshape(-1, g, d, l_).sum(axis=3)
         else:
             pw, pb = _partials(nblk, g, d)
-            k.bwd4(dy, x, *stats, w, bool(center), dx, pw, pb, stream)
+            ok = k.bwd4(dy, x, *stats, w, bool(center), dx, pw, pb, stream)
         gd = orig if weight is None else np.asarray(weight).dtype
+        if _safe(x, ok):  # see _safe
+            dx, dweight, dbias = self.group_normalize_backward(dy.astype(_F64), x.astype(_F64),
+                                                               mean, var, eps, weight, center)
+            return dx.astype(orig), dweight.astype(gd), dbias.astype(gd)
         dx = dx.astype(orig, copy=False)
         return dx, pw.sum(axis=0).astype(gd), pb.sum(axis=0).astype(gd)
 
@@ -651,8 +704,10 @@ class NumbaBackend(Backend):
         orig = np.asarray(x2).dtype
         x = _widen(x2)
         y = _out(x.shape, dtype=x.dtype)
-        mean, denom = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y,
-                                    _blocks(x.shape[0], nt))
+        mean, denom, ok = k.standardize(x, float(eps), int(ddof), bool(eps_in_root), y,
+                                        _blocks(x.shape[0], nt))
+        if _safe(x, ok):  # see _safe
+            y, mean, denom = self.standardize_rows(x.astype(_F64), eps, ddof, eps_in_root)
         sd = _stat_dtype(orig)
         y = y.astype(orig, copy=False)
         return y, mean.astype(sd, copy=False), denom.astype(sd, copy=False)
@@ -663,8 +718,11 @@ class NumbaBackend(Backend):
         x = _widen(x2)
         dy = _widen(dy2)
         dx = _out(x.shape, dtype=x.dtype)
-        k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root), dx,
-                               _blocks(x.shape[0], nt))
+        ok = k.standardize_backward(dy, x, _f64(mean), _f64(denom), int(ddof), bool(eps_in_root),
+                                    dx, _blocks(x.shape[0], nt))
+        if _safe(x, ok):  # see _safe
+            dx = self.standardize_rows_backward(dy.astype(_F64), x.astype(_F64), mean, denom, eps,
+                                                ddof, eps_in_root)
         return dx.astype(orig, copy=False)
 
     # -------------------------------------------------------------- dropout
