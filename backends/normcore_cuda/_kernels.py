@@ -7,7 +7,8 @@ Design (the way fast GPU normalization layers do it):
 * Row kernels (group view rows of ``M = D*L`` elements, weight-standardization rows) assign a
   *row group* of ``tpr`` threads to a row: one warp per row when rows are short (a block then
   holds several rows), one whole block per row when rows are long. A fixed grid of row groups
-  strides over the rows. Statistics are two-pass over the row (mean, then centred squares), the
+  strides over the rows. Statistics are two-pass over the row (mean about the row's first
+  element, then centred squares), the
   per-thread partials are merged by a butterfly warp shuffle (``cuda.shfl_xor_sync``) and, in
   block mode, a second warp-shuffle stage over one value per warp kept in shared memory. The
   output pass folds rstd and weight into one scale per element: ``y = (x - mean) * scale + bias``
@@ -329,6 +330,16 @@ def get(acc) -> _Kernels:
 def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
     k = _Kernels()
 
+    @cuda.jit(device=True, inline=True)
+    def _sample(x, i, valid, zero):
+        """x[i] in acc precision as the shift of a row's or channel's sums (so a constant one has
+        exactly its value as mean and 0 as variance), or 0 where it is not finite (inf - inf
+        would make the mean NaN where it is inf) or where the row does not exist."""
+        if not valid:
+            return zero
+        v = acc_t(x[i])
+        return v if math.isfinite(v) else zero
+
     # -------------------------------------------------------------- group view rows
     @cuda.jit
     def group_forward(x, w, b, y, mean_o, var_o, R, M, L, D, G, eps, has_w, has_b, center,
@@ -347,10 +358,11 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
             base = r * M
             mean = zero
             if center:
+                k = _sample(x, base, r < R, zero)
                 s = zero
                 for i in range(lr, hi, tpr):
-                    s += acc_t(x[base + i])
-                mean = _group_sum(s, sh, tpr, zero) / acc_t(M)
+                    s += acc_t(x[base + i]) - k
+                mean = k + _group_sum(s, sh, tpr, zero) / acc_t(M)
             q = zero
             for i in range(lr, hi, tpr):
                 dv = acc_t(x[base + i]) - mean
@@ -512,10 +524,11 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
             r = gid + it * ngroups
             hi = K if r < R else 0
             base = r * K
+            k = _sample(x, base, r < R, zero)
             s = zero
             for i in range(lr, hi, tpr):
-                s += acc_t(x[base + i])
-            mean = _group_sum(s, sh, tpr, zero) / acc_t(K)
+                s += acc_t(x[base + i]) - k
+            mean = k + _group_sum(s, sh, tpr, zero) / acc_t(K)
             q = zero
             for i in range(lr, hi, tpr):
                 dv = acc_t(x[base + i]) - mean
@@ -593,7 +606,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
         per = (total + S - 1) // S
         lo = s * per
         hi = min(total, lo + per)
-        shift = acc_t(x[c * L])
+        shift = _sample(x, c * L, True, zero)
         a = zero
         q = zero
         if L >= T:  # whole (n, c) rows: no per-element index division
@@ -630,7 +643,7 @@ def _build(acc_t):  # noqa: C901 - one closure per kernel, deliberately flat
             v = q * inv - ma * ma
             if v < acc_t(0.0):
                 v = acc_t(0.0)
-            mean_o[c] = acc_t(x[c * L]) + ma
+            mean_o[c] = _sample(x, c * L, True, acc_t(0.0)) + ma
             var_o[c] = v
 
     @cuda.jit
