@@ -48,6 +48,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._interop import np_dtype
+
 #: The contract version this core implements. Version 2 added ``array_library``, ``mutable``,
 #: ``synchronize()``, ``from_dlpack()`` and ``write()`` (each with a default that keeps a version-1
 #: backend working); a version-1 backend still loads, with a DeprecationWarning.
@@ -70,7 +72,14 @@ KERNELS: tuple[str, ...] = (
 
 #: Fused kernels a backend may add for speed, each defined as a composition of kernels above.
 #: A backend lists one in ``kernels`` to have the layers call it; otherwise they call the parts.
-OPTIONAL_KERNELS: tuple[str, ...] = ("channel_moments_normalize", "channel_moments_normalize_update")
+OPTIONAL_KERNELS: tuple[str, ...] = (
+    "channel_moments_normalize",
+    "channel_moments_normalize_update",
+    # SyncBatchNorm's backward (normcore.sync_batchnorm): the local sums that ranks add up, and the
+    # input gradient from the global ones. The base class composes both from the kernels above.
+    "channel_backward_sums",
+    "channel_normalize_backward_from_sums",
+)
 
 
 @dataclass(frozen=True)
@@ -253,6 +262,62 @@ class Backend(abc.ABC):
                                                 var.reshape(1, c), momentum, var_correction)
         return y, mean, var, new_mean, new_var
 
+    def channel_backward_sums(self, dy3: Any, x3: Any, mean: Any, var: Any, eps: float
+                              ) -> tuple[Any, Any]:
+        """Optional (see :data:`OPTIONAL_KERNELS`): the per-channel sums of BatchNorm's backward,
+        ``(sum(dy), sum(dy * xhat))`` over axes (0, 2) with ``xhat = (x - mean) * rstd``, as two
+        (C,) arrays in the statistics' precision (float64 for float64 input, float32 otherwise:
+        a float16 batch's sums do not overflow).
+
+        SyncBatchNorm adds them up over every process, then calls
+        :meth:`channel_normalize_backward_from_sums`. The default is :meth:`channel_normalize_backward`
+        with a weight of ones in that precision and ``batch_stats=False`` (its dx is discarded);
+        a backend lists this kernel to skip computing that dx.
+        """
+        sd = _stat_dtype(x3.dtype)
+        ones = self.asarray(np.ones(x3.shape[1], dtype=sd))
+        _, sum_dy_xhat, sum_dy = self.channel_normalize_backward(dy3, x3, mean, var, eps, ones, False)
+        return sum_dy, sum_dy_xhat
+
+    def channel_normalize_backward_from_sums(
+        self, dy3: Any, x3: Any, mean: Any, var: Any, eps: float, weight: Any | None,
+        sum_dy: Any, sum_dy_xhat: Any, count: int
+    ) -> Any:
+        """Optional (see :data:`OPTIONAL_KERNELS`): BatchNorm's input gradient from given sums.
+
+        ``dx = rstd * weight * (dy - sum_dy / count - xhat * sum_dy_xhat / count)`` per channel,
+        with ``xhat = (x - mean) * rstd``; ``sum_dy``/``sum_dy_xhat`` are (C,) arrays in the
+        statistics' precision and ``count`` the number of values per channel they were summed
+        over (M = N*L when they are this x's own: then dx equals
+        :meth:`channel_normalize_backward`'s with ``batch_stats``). SyncBatchNorm passes sums
+        and count over every process's batch. Returns dx3 with x's shape and dtype.
+
+        The default composes the contract's kernels on the backend's own arrays (only (C,)
+        coefficient vectors visit the host): ``channel_normalize_backward(batch_stats=False)``
+        gives ``rstd * weight * dy``, and :meth:`channel_normalize` with weight
+        ``-rstd * weight * sum_dy_xhat / count`` and bias ``-rstd * weight * sum_dy / count``
+        gives the rest; the two are added in the statistics' precision (float16 input is
+        computed on float32 copies made with :meth:`asarray`, so that the sum of the two parts
+        does not cancel in float16) and rounded to x's dtype. A backend lists this kernel to do
+        it in one pass.
+        """
+        sd = _stat_dtype(x3.dtype)
+        out_dtype = np_dtype(x3.dtype)
+        if out_dtype != sd:  # float16: the parts in float32, one rounding at the end
+            dy3, x3 = self.asarray(dy3, sd), self.asarray(x3, sd)
+            weight = None if weight is None else self.asarray(weight, sd)
+        rstd = 1.0 / np.sqrt(np.asarray(self.to_numpy(var), dtype=np.float64) + eps)
+        k = rstd / float(count)
+        if weight is not None:
+            k = k * np.asarray(self.to_numpy(weight), dtype=np.float64)
+        scale = -k * np.asarray(self.to_numpy(sum_dy_xhat), dtype=np.float64)
+        shift = -k * np.asarray(self.to_numpy(sum_dy), dtype=np.float64)
+        rest = self.channel_normalize(x3, mean, var, eps, self.asarray(scale.astype(sd)),
+                                      self.asarray(shift.astype(sd)))
+        dx, _, _ = self.channel_normalize_backward(dy3, x3, mean, var, eps, weight, False)
+        dx = dx + rest
+        return dx if out_dtype == sd else self.asarray(dx, out_dtype)
+
     def running_update(
         self,
         running_mean: Any,
@@ -337,6 +402,11 @@ class Backend(abc.ABC):
         ``p == 1`` gives zeros, ``p == 0`` returns x unchanged (as a new array).
         """
         raise NotImplementedError
+
+
+def _stat_dtype(dtype: Any) -> type:
+    """The statistics' precision for input of ``dtype`` (any library's dtype object)."""
+    return np.float64 if np_dtype(dtype) == np.float64 else np.float32
 
 
 # ---------------------------------------------------------------------- the dropout hash

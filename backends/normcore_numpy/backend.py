@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from normcore.backend import Backend, dropout_keep_mask, dropout_scale
+from normcore.backend import KERNELS, Backend, dropout_keep_mask, dropout_scale
 
 _ACC = np.float64
 
@@ -39,6 +39,8 @@ class NumpyBackend(Backend):
     """Reference kernels in plain NumPy (see :mod:`normcore.backend` for the contract)."""
 
     name = "numpy"
+    #: Every kernel, and SyncBatchNorm's two backward kernels natively (the reference for them).
+    kernels = frozenset(KERNELS) | {"channel_backward_sums", "channel_normalize_backward_from_sums"}
 
     def version(self) -> str:
         return np.__version__
@@ -78,6 +80,24 @@ class NumpyBackend(Backend):
         dx = g * rstd[None, :, None]
         gd = _grad_dtype(weight, x3)
         return dx.astype(x3.dtype), dweight.astype(gd), dbias.astype(gd)
+
+    def channel_backward_sums(self, dy3, x3, mean, var, eps):
+        dyd = dy3.astype(_ACC)
+        rstd = 1.0 / np.sqrt(var.astype(_ACC) + eps)
+        xhat = (x3.astype(_ACC) - mean.astype(_ACC)[None, :, None]) * rstd[None, :, None]
+        sd = _stat_dtype(x3.dtype)
+        return dyd.sum(axis=(0, 2)).astype(sd), (dyd * xhat).sum(axis=(0, 2)).astype(sd)
+
+    def channel_normalize_backward_from_sums(self, dy3, x3, mean, var, eps, weight, sum_dy,
+                                             sum_dy_xhat, count):
+        rstd = 1.0 / np.sqrt(var.astype(_ACC) + eps)
+        xhat = (x3.astype(_ACC) - mean.astype(_ACC)[None, :, None]) * rstd[None, :, None]
+        scale = rstd if weight is None else rstd * weight.astype(_ACC)
+        mean_dy = sum_dy.astype(_ACC) / count
+        mean_dy_xhat = sum_dy_xhat.astype(_ACC) / count
+        dx = (dy3.astype(_ACC) - mean_dy[None, :, None] - xhat * mean_dy_xhat[None, :, None]) \
+            * scale[None, :, None]
+        return dx.astype(x3.dtype)
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
         batch_mean = mean.astype(_ACC).mean(axis=0)

@@ -499,8 +499,9 @@ def all_cases() -> list[Case]:
     """Every conformance case: torch goldens first, then the kernel-by-kernel comparisons, then
     the paths that write state (:mod:`normcore.testing.state_cases`)."""
     from .state_cases import state_cases
+    from .sync_cases import sync_cases
 
-    return _golden_cases() + _reference_cases() + state_cases()
+    return _golden_cases() + _reference_cases() + state_cases() + sync_cases()
 
 
 def applies(case: Case, backend: Backend) -> bool:
