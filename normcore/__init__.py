@@ -30,6 +30,7 @@ from .modules import (
     RMSNorm,
 )
 from .registry import BackendError, get_backend, list_backends, register, use_backend
+from .sync_batchnorm import SyncBatchNorm  # (mpi4py is imported at its first training forward)
 
 __version__ = "0.1.0"
 
@@ -37,6 +38,7 @@ __all__ = [
     "API_VERSION", "Availability", "Backend", "BackendError", "DTypeError", "ShapeError",
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
     "InstanceNorm3d", "LayerNorm", "GroupNorm", "RMSNorm", "Dropout", "Module", "Parameter",
+    "SyncBatchNorm",
     "functional", "get_backend", "list_backends", "register", "use_backend", "to_numpy",
     "__version__",
 ]
