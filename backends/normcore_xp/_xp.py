@@ -1,8 +1,9 @@
 """Helpers of the ``array-api`` backends: the library table, host copies and the shifted
-two-pass centring every kernel with statistics shares."""
+two-pass statistics every kernel with statistics shares."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ LIBRARIES: dict[str, Library] = {
 }
 
 
+def library_version(lib: Library) -> str:
+    """"torch 2.13.0, array-api-compat 1.16.0" from installed metadata (nothing imported)."""
+    for dist in lib.distributions:
+        try:
+            v = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        try:
+            return f"{dist} {v}, array-api-compat {importlib.metadata.version('array-api-compat')}"
+        except importlib.metadata.PackageNotFoundError:
+            return f"{dist} {v}"
+    return ""
+
+
 def jax_x64() -> bool:
     """Whether JAX holds float64 now (read without importing JAX when it is not imported yet)."""
     jax = sys.modules.get("jax")
@@ -58,10 +73,36 @@ def host(obj: Any) -> np.ndarray:
     return np.asarray(obj)
 
 
-def centre(xp: Any, xa: Any, axes: tuple[int, ...], sample: Any) -> tuple[Any, Any]:
-    """Shifted two-pass centring over ``axes`` (keepdims): ``mean = s + mean(x - s)`` with ``s``
-    a finite sample of each row (0 where the sample is not finite, so NaN and infinities spread
-    as in the reference); returns ``(mean, x - mean)``. A constant row gives exactly zeros."""
-    shift = xp.where(xp.isfinite(sample), sample, xp.zeros_like(sample))
-    mean = shift + xp.mean(xa - shift, axis=axes, keepdims=True)
-    return mean, xa - mean
+def moments(xp: Any, xa: Any, axes: tuple[int, ...], sample: Any | None,
+            scaled: bool) -> tuple[Any, Any, Any, Any]:
+    """Shifted two-pass statistics over ``axes`` (keepdims). Returns ``(mean, xc, s, q)``: the
+    mean, ``xc = x - mean``, and the variance as ``s * s * q`` with ``q = mean((xc / s)**2)``.
+
+    ``mean = t + mean(x - t)`` with ``t`` a finite sample of each row (0 where the sample is not
+    finite, so NaN and infinities spread as in the reference); ``sample=None`` is RMS: the mean
+    is the number 0. A constant row gives a mean equal to its value, hence exact zeros.
+    ``scaled`` (the float32 path, without float64): ``s`` is each row's largest finite
+    ``|x - t|`` (within [1, 2**80]), so that neither the sum nor the squares overflow where float64 sums
+    would not (``|x|`` up to ~1e37); otherwise ``s`` is the number 1."""
+    if sample is None:
+        shift, d = 0.0, xa
+    else:
+        shift = xp.where(xp.isfinite(sample), sample, xp.zeros_like(sample))
+        d = xa - shift
+    s: Any = 1.0
+    if scaled:
+        big = xp.max(xp.where(xp.isfinite(d), xp.abs(d), xp.zeros_like(d)), axis=axes,
+                     keepdims=True)
+        s = xp.clip(big, 1.0, 2.0**80)  # 1 / s stays normal: XLA flushes subnormals to zero
+        d = d / s
+    mean = 0.0 if sample is None else shift + s * xp.mean(d, axis=axes, keepdims=True)
+    xc = xa - mean if sample is not None else xa
+    r = xc / s if scaled else xc
+    return mean, xc, s, xp.mean(r * r, axis=axes, keepdims=True)
+
+
+def normalized(xp: Any, xc: Any, s: Any, q: Any, eps: float, scaled: bool) -> Any:
+    """``(x - mean) / sqrt(var + eps)`` from :func:`moments`' parts, never forming ``var``
+    (whose float32 square may overflow, or its reciprocal square root become subnormal)."""
+    inv = 1.0 / xp.sqrt(q + eps / (s * s))
+    return (xc / s) * inv if scaled else xc * inv

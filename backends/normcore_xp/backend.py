@@ -1,40 +1,33 @@
 """The ``array-api`` backends: every kernel of the contract written once against the Python Array
-API standard, through ``array-api-compat``, and run by whichever library holds the arrays.
+API standard (through ``array-api-compat``) and run by the library that holds the arrays.
 
-One class, :class:`ArrayAPIBackend`, parametrized by its array library; the registry has one entry
-point per library (``array-api``: NumPy, ``array-api-strict``, ``array-api-torch``,
-``array-api-jax``, ``array-api-cupy``). Each instance creates its parameters and buffers in its
-library (``asarray``, ``full``) and computes with the standard's functions only (``xp.sum``,
-``xp.mean``, ``xp.sqrt``, ``xp.astype``, ``xp.reshape``, ``xp.where``, ...): no item assignment,
-nothing library-specific in a kernel. New arrays go to x's device, so torch CUDA/MPS tensors and
-JAX arrays on an accelerator run by the same code.
+One class, :class:`ArrayAPIBackend`, parametrized by its library; one entry point per library
+(``array-api``: NumPy, ``array-api-strict``, ``array-api-torch``, ``array-api-jax``,
+``array-api-cupy``). An instance creates parameters and buffers in its library and computes with
+the standard's functions only: no item assignment, nothing library-specific in a kernel. New
+arrays go to x's device, so torch CUDA/MPS tensors and JAX arrays on an accelerator run the same.
 
-Precision (the contract's rules):
+Precision: sums accumulate in float64 wherever the library holds it (NumPy, array-api-strict,
+CuPy, torch on CPU/CUDA). Where it does not (JAX with ``jax_enable_x64`` off, its default, which
+normcore never switches; torch on MPS) they run in float32 with the safest float32 scheme,
+*shifted and scaled two-pass* (:func:`normcore_xp._xp.moments`): each row's mean is
+``t + mean(x - t)`` with ``t`` a finite sample of the row, the variance is taken about that mean,
+and both passes sum ``(x - t) / s`` with ``s`` the row's largest ``|x - t|``, so a mean of 1e4
+keeps its variance (to ~1e-6) and ``|x|`` up to ~1e37 neither overflows nor loses the output.
+XLA flushes float32 subnormals to zero: a JAX result below 1.2e-38 is 0 where the float64
+reference rounds it to a subnormal. Statistics are float64 for float64 input, float32 otherwise.
 
-* Sums accumulate in float64 wherever the library holds it (NumPy, array-api-strict, CuPy,
-  torch on CPU and CUDA), for every input dtype; results are rounded once at the end.
-* Where it does not (JAX with ``jax_enable_x64`` off, its default, which normcore never switches;
-  torch on MPS) they accumulate in float32 with the safest float32 scheme: *shifted two-pass*.
-  Each row's (channel's) mean is ``s + mean(x - s)`` with ``s`` one finite sample of that row, so
-  the sum runs over values of the data's spread rather than its magnitude; the variance is then
-  ``mean((x - mean)**2)`` about that first-pass mean. A float32 input with mean 1e4 and std 1
-  keeps its variance to about 1e-6 relative. The same shift runs in float64, where it makes a
-  constant row give a mean equal to its value, hence exactly zero output.
-* Statistics are float64 for float64 input and float32 otherwise.
+Dropout makes the contract's keep-mask on the host (``dropout_keep_mask``, splitmix64 on NumPy
+uint64) and moves it to x's device: bit-exact on every library, also those without a wrapping
+uint64 multiply (JAX without x64, torch), for one host-to-device copy of a bool mask per call.
 
-Dropout computes the contract's keep-mask on the host (``normcore.backend.dropout_keep_mask``,
-splitmix64 on NumPy uint64) and moves it to x's device: bit-exact on every library, including
-those without a wrapping uint64 multiply (JAX without x64, torch), at the cost of one host-to-device
-copy of a bool array per call on an accelerator.
-
-Nothing here imports an array library at import time: ``is_available`` looks the library up
-without importing it, and the library is imported on first use.
+Nothing imports an array library before it is used: ``is_available`` finds it without importing.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import sys
 from typing import Any
@@ -42,8 +35,16 @@ from typing import Any
 import numpy as np
 
 from normcore import DTypeError
-from normcore.backend import Availability, Backend, dropout_keep_mask, dropout_scale
-from normcore_xp._xp import FLOATS, LIBRARIES, centre, host, jax_x64
+from normcore.backend import KERNELS, Availability, Backend, dropout_keep_mask, dropout_scale
+from normcore_xp._xp import (
+    FLOATS,
+    LIBRARIES,
+    host,
+    jax_x64,
+    library_version,
+    moments,
+    normalized,
+)
 
 
 class ArrayAPIBackend(Backend):
@@ -76,6 +77,8 @@ class ArrayAPIBackend(Backend):
         #: whether they can be written in place (JAX arrays cannot).
         self.array_library = library
         self.mutable = library != "jax"
+        self.kernels = frozenset(KERNELS) | {"channel_backward_sums",
+                                             "channel_normalize_backward_from_sums"}
         self.array_device = array_device
         self._xp: Any = None
         self._compat: Any = None
@@ -129,16 +132,7 @@ class ArrayAPIBackend(Backend):
         return Availability(True)
 
     def version(self) -> str:
-        for dist in self._lib.distributions:
-            try:
-                v = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-            try:
-                return f"{dist} {v}, array-api-compat {importlib.metadata.version('array-api-compat')}"
-            except importlib.metadata.PackageNotFoundError:
-                return f"{dist} {v}"
-        return ""
+        return library_version(self._lib)
 
     def synchronize(self) -> None:
         """Wait for the device's queued work: torch CUDA/MPS and CuPy synchronize; NumPy and
@@ -209,6 +203,12 @@ class ArrayAPIBackend(Backend):
         except (BufferError, TypeError, ValueError, RuntimeError):
             return self.asarray(host(obj))
 
+    def write(self, target: Any, value: Any) -> None:
+        """``target[...] = value`` (contract v2); a NumPy target gets a host copy of the value."""
+        if isinstance(target, np.ndarray) and not isinstance(value, np.ndarray):
+            value = self.to_numpy(value)
+        target[...] = value
+
     def full(self, shape: tuple[int, ...], value: float, dtype: Any) -> Any:
         return self.xp.full(tuple(shape), value, dtype=self._dtype(dtype), device=self.array_device)
 
@@ -248,9 +248,10 @@ class ArrayAPIBackend(Backend):
     def channel_moments(self, x3: Any) -> tuple[Any, Any]:
         xp, acc, stat = self._prep(x3)
         xa = xp.astype(x3, acc)
-        mean, d = centre(xp, xa, (0, 2), xa[0:1, :, 0:1])
-        var = xp.mean(d * d, axis=(0, 2))
-        return xp.astype(xp.reshape(mean, (x3.shape[1],)), stat), xp.astype(var, stat)
+        mean, _, s, q = moments(xp, xa, (0, 2), xa[0:1, :, 0:1], acc == xp.float32)
+        c = x3.shape[1]
+        return (xp.astype(xp.reshape(mean, (c,)), stat),
+                xp.astype(xp.reshape(s * (s * q), (c,)), stat))
 
     def channel_normalize(self, x3: Any, mean: Any, var: Any, eps: float, weight: Any | None,
                           bias: Any | None) -> Any:
@@ -283,6 +284,29 @@ class ArrayAPIBackend(Backend):
         gd = x3.dtype if weight is None else self._bring(weight, x3).dtype
         return xp.astype(g * rstd, x3.dtype), xp.astype(dweight, gd), xp.astype(dbias, gd)
 
+    def channel_backward_sums(self, dy3: Any, x3: Any, mean: Any, var: Any,
+                              eps: float) -> tuple[Any, Any]:
+        xp, acc, stat = self._prep(x3)
+        shape = (1, x3.shape[1], 1)
+        dyd = xp.astype(self._bring(dy3, x3), acc)
+        mean, var = (self._vec(v, x3, acc, shape) for v in (mean, var))
+        xhat = (xp.astype(x3, acc) - mean) * (1.0 / xp.sqrt(var + eps))
+        return (xp.astype(xp.sum(dyd, axis=(0, 2)), stat),
+                xp.astype(xp.sum(dyd * xhat, axis=(0, 2)), stat))
+
+    def channel_normalize_backward_from_sums(self, dy3: Any, x3: Any, mean: Any, var: Any,
+                                             eps: float, weight: Any | None, sum_dy: Any,
+                                             sum_dy_xhat: Any, count: int) -> Any:
+        xp, acc, _ = self._prep(x3)
+        shape = (1, x3.shape[1], 1)
+        mean, var, w, sdy, sdx = (self._vec(v, x3, acc, shape)
+                                  for v in (mean, var, weight, sum_dy, sum_dy_xhat))
+        rstd = 1.0 / xp.sqrt(var + eps)
+        xhat = (xp.astype(x3, acc) - mean) * rstd
+        scale = rstd if w is None else rstd * w
+        dx = (xp.astype(self._bring(dy3, x3), acc) - sdy / count - xhat * (sdx / count)) * scale
+        return xp.astype(dx, x3.dtype)
+
     def running_update(self, running_mean: Any, running_var: Any, mean: Any, var: Any,
                        momentum: float, var_correction: float) -> tuple[Any, Any]:
         xp, acc, _ = self._prep(running_mean)
@@ -299,20 +323,18 @@ class ArrayAPIBackend(Backend):
                         center: bool) -> tuple[Any, Any, Any]:
         xp, acc, stat = self._prep(x4)
         n, g, d, _ = x4.shape
-        xa = xp.astype(x4, acc)
-        if center:
-            mean, xc = centre(xp, xa, (2, 3), xa[:, :, 0:1, 0:1])
-        else:
-            mean, xc = xp.zeros((n, g, 1, 1), dtype=acc, device=self.compat.device(x4)), xa
-        var = xp.mean(xc * xc, axis=(2, 3), keepdims=True)
-        y = xc * (1.0 / xp.sqrt(var + eps))
+        xa, scaled = xp.astype(x4, acc), acc == xp.float32
+        mean, xc, s, q = moments(xp, xa, (2, 3), xa[:, :, 0:1, 0:1] if center else None, scaled)
+        if not center:
+            mean = xp.zeros((n, g), dtype=acc, device=self.compat.device(x4))
+        y = normalized(xp, xc, s, q, eps, scaled)
         w, b = (self._vec(v, x4, acc, (1, g, d, 1)) for v in (weight, bias))
         if w is not None:
             y = y * w
         if b is not None:
             y = y + b
         return (xp.astype(y, x4.dtype), xp.astype(xp.reshape(mean, (n, g)), stat),
-                xp.astype(xp.reshape(var, (n, g)), stat))
+                xp.astype(xp.reshape(s * (s * q), (n, g)), stat))
 
     def group_normalize_backward(self, dy4: Any, x4: Any, mean: Any, var: Any, eps: float,
                                  weight: Any | None, center: bool) -> tuple[Any, Any, Any]:
@@ -337,13 +359,14 @@ class ArrayAPIBackend(Backend):
     def standardize_rows(self, x2: Any, eps: float, ddof: int,
                          eps_in_root: bool) -> tuple[Any, Any, Any]:
         xp, acc, stat = self._prep(x2)
-        xa = xp.astype(x2, acc)
-        mean, c = centre(xp, xa, (1,), xa[:, 0:1])
-        v = xp.sum(c * c, axis=1, keepdims=True) / (x2.shape[1] - ddof)
-        denom = xp.sqrt(v + eps) if eps_in_root else xp.sqrt(v) + eps
-        r = x2.shape[0]
-        return (xp.astype(c / denom, x2.dtype), xp.astype(xp.reshape(mean, (r,)), stat),
-                xp.astype(xp.reshape(denom, (r,)), stat))
+        xa, scaled = xp.astype(x2, acc), acc == xp.float32
+        mean, c, s, q = moments(xp, xa, (1,), xa[:, 0:1], scaled)
+        r, k = x2.shape
+        qn = q * k / (k - ddof)  # v / s**2
+        root = xp.sqrt(qn + eps / (s * s)) if eps_in_root else xp.sqrt(qn) + eps / s  # denom / s
+        y = (c / s) / root if scaled else c / root
+        return (xp.astype(y, x2.dtype), xp.astype(xp.reshape(mean, (r,)), stat),
+                xp.astype(xp.reshape(s * root, (r,)), stat))
 
     def standardize_rows_backward(self, dy2: Any, x2: Any, mean: Any, denom: Any, eps: float,
                                   ddof: int, eps_in_root: bool) -> Any:
@@ -351,17 +374,19 @@ class ArrayAPIBackend(Backend):
         r, k = x2.shape
         dyd, xd = xp.astype(self._bring(dy2, x2), acc), xp.astype(x2, acc)
         mean, den = (self._vec(v, x2, acc, (r, 1)) for v in (mean, denom))
-        c = xd - mean
+        # The contract's formula with ch = c / denom and S' = sum(dy * ch), divided by denom last:
+        # dx = (dy - mean(dy) - ch * S' / n) / denom (eps_in_root; else S' / (n * sqrt(v) / denom)).
+        # Nothing of the size of c**2 or of 1 / denom**2 (float32 overflow, underflow) is formed.
+        ch = (xd - mean) / den
         n = k - ddof
-        s = xp.sum(dyd * c, axis=1, keepdims=True)
+        s = xp.sum(dyd * ch, axis=1, keepdims=True)
         if eps_in_root:
-            coef = s / (n * den**3)
+            coef = s / n
         else:
-            root = xp.sqrt(xp.sum(c * c, axis=1, keepdims=True) / n)
-            pos = root > 0  # the term is 0 where v == 0 (no division by zero there)
-            safe = xp.where(pos, root, xp.ones_like(root))
-            coef = xp.where(pos, s / (n * safe * den**2), xp.zeros_like(s))
-        dx = (dyd - xp.mean(dyd, axis=1, keepdims=True)) / den - c * coef
+            rr = xp.sqrt(xp.sum(ch * ch, axis=1, keepdims=True) / n)  # sqrt(v) / denom
+            pos = rr > 0  # the term is 0 where v == 0 (no division by zero there)
+            coef = xp.where(pos, s / n / xp.where(pos, rr, xp.ones_like(rr)), xp.zeros_like(s))
+        dx = (dyd - xp.mean(dyd, axis=1, keepdims=True) - ch * coef) / den
         return xp.astype(dx, x2.dtype)
 
     # -------------------------------------------------------------- dropout
@@ -374,26 +399,10 @@ class ArrayAPIBackend(Backend):
         return xp.astype(y, x.dtype)
 
 
-def numpy_backend() -> ArrayAPIBackend:
-    """Entry point ``array-api``: the kernels on NumPy arrays."""
-    return ArrayAPIBackend("numpy")
 
-
-def strict_backend() -> ArrayAPIBackend:
-    """Entry point ``array-api-strict``: on array-api-strict arrays (the standard and no more)."""
-    return ArrayAPIBackend("array_api_strict")
-
-
-def torch_backend() -> ArrayAPIBackend:
-    """Entry point ``array-api-torch``: on torch tensors (CPU by default; CUDA/MPS tensors too)."""
-    return ArrayAPIBackend("torch")
-
-
-def jax_backend() -> ArrayAPIBackend:
-    """Entry point ``array-api-jax``: on JAX arrays."""
-    return ArrayAPIBackend("jax")
-
-
-def cupy_backend() -> ArrayAPIBackend:
-    """Entry point ``array-api-cupy``: on CuPy arrays (a GPU backend: used only when named)."""
-    return ArrayAPIBackend("cupy")
+# The entry points (pyproject.toml), one per library: factories the registry calls with no argument.
+numpy_backend = functools.partial(ArrayAPIBackend, "numpy")  # array-api
+strict_backend = functools.partial(ArrayAPIBackend, "array_api_strict")  # array-api-strict
+torch_backend = functools.partial(ArrayAPIBackend, "torch")  # array-api-torch: CPU tensors by default
+jax_backend = functools.partial(ArrayAPIBackend, "jax")  # array-api-jax
+cupy_backend = functools.partial(ArrayAPIBackend, "cupy")  # array-api-cupy: a GPU backend, named only
