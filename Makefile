@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint test-cudasim bench bench-history asv-check clean
+.PHONY: setup run test lint test-cudasim bench bench-history asv-check clean digits
 
 $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.toml \
 		examples/normcore-broken-backend/pyproject.toml
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.to
 	@# The array-api backends' libraries (jax from PyPI is CPU-only); each one missing only marks
 	@# its backend unavailable (array-api-torch uses the torch above).
 	$(BIN)/python -m pip install -q array-api-compat array-api-strict jax || echo "array-api-strict or jax unavailable: the array-api-strict and array-api-jax backends will be unavailable"
+	@# The training example (examples/train_digits.py: scikit-learn's bundled digits, a PNG plot);
+	@# missing, `make digits` fails and tests/test_train_digits.py is skipped.
+	$(BIN)/python -m pip install -q scikit-learn matplotlib || echo "scikit-learn or matplotlib unavailable: the training example's tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -28,6 +31,10 @@ run: setup
 	$(BIN)/normcore bench
 
 bench: run
+
+# The training example: NumPy + normcore on sklearn's digits, with its torch twin's curve.
+digits: setup
+	$(BIN)/python examples/train_digits.py --plot digits.png --twin
 
 lint: setup
 	$(BIN)/ruff check .
