@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.to
 		-e examples/normcore-broken-backend
 	@# torch is only a test oracle (golden vectors are stored); its absence skips those tests.
 	$(BIN)/python -m pip install -q torch==2.13.0 || echo "torch unavailable: torch-oracle tests will be skipped"
+	@# normcore.torch (the PyTorch bridge) is tested on Hugging Face transformers' ResNet and BERT,
+	@# built from small configs with random weights (transformers does not depend on torch, so
+	@# the torch above stays); missing, those tests are skipped.
+	$(BIN)/python -m pip install -q transformers || echo "transformers unavailable: the bridge's ResNet/BERT tests will be skipped"
 	@# The array-api backends' libraries (jax from PyPI is CPU-only); each one missing only marks
 	@# its backend unavailable (array-api-torch uses the torch above).
 	$(BIN)/python -m pip install -q array-api-compat array-api-strict jax || echo "array-api-strict or jax unavailable: the array-api-strict and array-api-jax backends will be unavailable"
