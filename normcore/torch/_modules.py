@@ -33,10 +33,13 @@ __all__ = [
 
 #: Each drop-in's forward runs eagerly under torch.compile: a graph break around it, and with
 #: ``fullgraph=True`` torch's error quotes this reason.
-_eager = torch.compiler.disable(
-    reason="normcore.torch layers run normcore's kernels (NumPy/Numba) eagerly: torch.compile "
+_REASON = ("normcore.torch layers run normcore's kernels (NumPy/Numba) eagerly: torch.compile "
            "breaks the graph around them; use fullgraph=False, or normcore.torch.unconvert(model) "
            "to compile torch's own norm layers into the graph")
+try:
+    _eager = torch.compiler.disable(reason=_REASON)
+except TypeError:  # torch < 2.7 takes no reason
+    _eager = torch.compiler.disable(recursive=True)
 
 
 def backend_name(backend: str | Backend | None) -> str | None:
