@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.to
 	@# The array-api backends' libraries (jax from PyPI is CPU-only); each one missing only marks
 	@# its backend unavailable (array-api-torch uses the torch above).
 	$(BIN)/python -m pip install -q array-api-compat array-api-strict jax || echo "array-api-strict or jax unavailable: the array-api-strict and array-api-jax backends will be unavailable"
+	@# SyncBatchNorm over MPI (mpi4py and the MPICH library, both wheels); missing, the tests
+	@# that launch mpiexec are skipped.
+	$(BIN)/python -m pip install -q "mpi4py>=4" mpich || echo "mpi4py or mpich unavailable: the SyncBatchNorm tests under mpiexec will be skipped"
 	@# The training example (examples/train_digits.py: scikit-learn's bundled digits, a PNG plot);
 	@# missing, `make digits` fails and tests/test_train_digits.py is skipped.
 	$(BIN)/python -m pip install -q scikit-learn matplotlib || echo "scikit-learn or matplotlib unavailable: the training example's tests will be skipped"
