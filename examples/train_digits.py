@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
+import pathlib
 import sys
 import time
 from collections.abc import Iterator
@@ -303,7 +305,7 @@ def _train(epochs: int, batch_size: int, lr: float, momentum: float, weight_deca
                             "train_acc": []}
     bar = _Bar(total, progress)
     step = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for epoch_batches in plan:
         correct = seen = 0
         for idx in epoch_batches:
@@ -332,6 +334,7 @@ def _train(epochs: int, batch_size: int, lr: float, momentum: float, weight_deca
         if step >= total:
             break
     hist["seconds"] = time.perf_counter() - t0
+    hist["cpu_seconds"] = time.process_time() - c0
     bar.close()
     hist["net"] = net
     return hist
@@ -441,12 +444,15 @@ def main(argv: list[str] | None = None) -> int:
                  args.decay, args.seed, dtype, progress=not args.no_progress,
                  n_threads=args.threads)
     n = len(hist["step_loss"])
-    print(f"{n} steps ({args.epochs} epochs) in {hist['seconds']:.1f} s: test accuracy "
+    print(f"{n} steps ({args.epochs} epochs) in {hist['seconds']:.1f} s ({hist['cpu_seconds']:.1f} s "
+          f"of CPU, {args.threads} thread(s)): test accuracy "
           f"{hist['test_acc'][-1]:.2%} (best {max(hist['test_acc']):.2%}), final train loss "
           f"{np.mean(hist['step_loss'][-20:]):.4f}, test loss {hist['test_loss'][-1]:.4f}")
     twin = None
-    if args.twin:
-        sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    if args.twin and importlib.util.find_spec("torch") is None:
+        print("--twin: torch is not installed, the twin is skipped")
+    elif args.twin:
+        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
         from train_digits_torch import twin_losses
 
         twin = twin_losses(args.twin_steps, epochs=args.epochs, batch_size=args.batch_size,
