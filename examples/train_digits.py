@@ -2,7 +2,7 @@
 
     .venv/bin/python examples/train_digits.py --plot digits.png [--twin] [--epochs 30]
 
-The network (8x8 grey images, 10 classes; 22k parameters)::
+The network (8x8 grey images, 10 classes; 10k parameters)::
 
     conv 3x3, 1->16, weight-standardized  -> GroupNorm(4, 16) -> ReLU      (the GN+WS recipe)
     conv 3x3, 16->32                       -> BatchNorm2d(32)  -> ReLU -> 2x2 average pool
