@@ -137,10 +137,11 @@ class Backend(abc.ABC):
     # registry's instance, so the copy and the original run on the very same backend, and a
     # pickle loaded in another process finds that process's backend by name (or says why not).
     def __reduce_ex__(self, protocol: Any) -> Any:
-        from . import registry  # import here: registry imports this module
-
-        if registry._loaded.get(self.name) is self:
-            return registry.get_backend, (self.name,)
+        # The registry marks each instance it loads with its lookup (``_loaded_by``); this module
+        # imports nothing from the registry.
+        lookup = self.__dict__.get("_loaded_by")
+        if lookup is not None:
+            return lookup, (self.name,)
         return super().__reduce_ex__(protocol)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Backend:

@@ -235,12 +235,16 @@ def batch_norm(
     input: Array, running_mean: Array | None, running_var: Array | None,
     weight: Array | None = None, bias: Array | None = None, training: bool = False,
     momentum: float = 0.1, eps: float = 1e-5, *, backend: str | Backend | None = None,
+    write_running: bool = True,
 ) -> tuple[Array, Saved]:
     """Batch normalization over (N, C, *) input, as ``torch.nn.functional.batch_norm``.
 
     In training mode the batch statistics normalize and, when running statistics are given, they
     are updated in place: ``running = (1 - momentum) * running + momentum * batch`` with the
     unbiased batch variance. In evaluation mode the running statistics normalize.
+    ``saved.running`` holds the new statistics; ``write_running=False`` (and a backend of
+    immutable arrays) leaves the given ones as they are (the modules use it: they keep the new
+    arrays in place of the old).
 
     >>> import numpy as np, normcore.functional as F
     >>> x = np.array([[1.0, 2.0], [3.0, 6.0]], dtype=np.float32)
@@ -250,7 +254,7 @@ def batch_norm(
     ([[-1.0, -1.0], [1.0, 1.0]], [0.2, 0.4])
     """
     be = registry.select(backend)
-    targets = _targets(be, running_mean, running_var, bool(training))
+    targets = _targets(be, running_mean, running_var, bool(training) and write_running)
     y, saved, update = _batch_norm(input, running_mean, running_var, weight, bias, training,
                                    momentum, eps, be)
     _commit(be, saved, update, targets)
@@ -321,11 +325,13 @@ def instance_norm(
     input: Array, running_mean: Array | None = None, running_var: Array | None = None,
     weight: Array | None = None, bias: Array | None = None, use_input_stats: bool = True,
     momentum: float = 0.1, eps: float = 1e-5, *, backend: str | Backend | None = None,
+    write_running: bool = True,
 ) -> tuple[Array, Saved]:
     """Instance normalization over (N, C, *spatial), as ``torch.nn.functional.instance_norm``.
 
     Each (n, c) plane is normalized by its own statistics when ``use_input_stats``; running
-    statistics, when given, are updated in place with the batch average of the per-instance ones.
+    statistics, when given, are updated in place with the batch average of the per-instance ones
+    (``saved.running`` holds them too; ``write_running=False`` leaves the given arrays alone).
 
     >>> import numpy as np, normcore.functional as F
     >>> y, _ = F.instance_norm(np.array([[[1.0, 3.0]]], dtype=np.float32))
@@ -333,7 +339,7 @@ def instance_norm(
     [[[-1.0, 1.0]]]
     """
     be = registry.select(backend)
-    targets = _targets(be, running_mean, running_var, bool(use_input_stats))
+    targets = _targets(be, running_mean, running_var, bool(use_input_stats) and write_running)
     y, saved, update = _instance_norm(input, running_mean, running_var, weight, bias,
                                       use_input_stats, momentum, eps, be)
     _commit(be, saved, update, targets)

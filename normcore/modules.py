@@ -390,8 +390,9 @@ class _BatchNorm(_NormBase):
         # In training without tracking torch passes no running statistics at all.
         if self.training and not self.track_running_stats:
             rm = rv = None
-        y, saved, update = F._batch_norm(input, rm, rv, self._weight(), self._bias(), use_batch,
-                                         factor, self.eps, self.backend)
+        y, saved = F.batch_norm(input, rm, rv, self._weight(), self._bias(), use_batch, factor,
+                                self.eps, backend=self.backend, write_running=False)
+        update = saved.running
         # Commit state only after everything succeeded.
         if update_stats:
             self._buffers["num_batches_tracked"] = np.array(tracked, dtype=np.int64)
@@ -478,9 +479,11 @@ class _InstanceNorm(_NormBase):
 
     def _forward(self, x: Array) -> tuple[Array, F.Saved]:
         momentum = self.momentum if self.momentum is not None else 0.0  # as torch
-        y, saved, update = F._instance_norm(
+        y, saved = F.instance_norm(
             x, self.running_mean, self.running_var, self._weight(), self._bias(),
-            self.training or not self.track_running_stats, momentum, self.eps, self.backend)
+            self.training or not self.track_running_stats, momentum, self.eps,
+            backend=self.backend, write_running=False)
+        update = saved.running
         if update is not None:
             self._buffers.update(running_mean=update.mean, running_var=update.var)
         return y, saved

@@ -222,6 +222,8 @@ def _load(name: str) -> Backend:
         raise BackendError(_broken_message(name, exc)) from exc
     with _lock:
         _loaded[name] = backend
+    # a pickled module finds this process's instance by name (Backend.__reduce_ex__)
+    backend.__dict__.setdefault("_loaded_by", get_backend)
     return backend
 
 
