@@ -129,7 +129,8 @@ class _NormFunction(torch.autograd.Function):
         stash: list[Tensor | None] = []
         if op.host:  # autograd keeps the saved arrays (freed after backward, hooks see them)
             stash = [_tensor(getattr(saved, f)) for f in _STASHED]
-            saved = dataclasses.replace(saved, **dict.fromkeys(_STASHED))
+            for f in _STASHED:  # (this Saved is ours alone: the forward just made it)
+                setattr(saved, f, None)
         # x, weight and bias themselves: torch's version counters catch in-place changes.
         ctx.save_for_backward(x, weight, bias, *stash)
         ctx.op, ctx.saved = op, saved
@@ -141,10 +142,16 @@ class _NormFunction(torch.autograd.Function):
         op: _Op = ctx.op
         kept = ctx.saved_tensors  # raises torch's error after the graph was freed
         saved = ctx.saved
-        if op.host:
-            saved = dataclasses.replace(saved, **{f: None if t is None else t.numpy()
-                                                  for f, t in zip(_STASHED, kept[3:], strict=True)})
-        dx, dw, db = (_tensor(g) for g in op.backward(_arg(grad_output, op.host), saved))
+        if op.host:  # the arrays for this backward only (a retained graph keeps them in ctx)
+            for f, t in zip(_STASHED, kept[3:], strict=True):
+                setattr(saved, f, None if t is None else t.numpy())
+        try:
+            grads = op.backward(_arg(grad_output, op.host), saved)
+        finally:
+            if op.host:
+                for f in _STASHED:
+                    setattr(saved, f, None)
+        dx, dw, db = (_tensor(g) for g in grads)
         if op.dx_format is not None:
             dx = _in_format(dx, op.dx_format)
         need = ctx.needs_input_grad
