@@ -164,10 +164,13 @@ class ArrayAPIBackend(Backend):
             name = np.dtype(dtype).name
         except TypeError:
             return dtype  # the library's own dtype object (torch.float32, ...)
-        if name in FLOATS and np.dtype(name) not in {np.dtype(d) for d in self.dtypes}:
+        narrow = self.library == "jax" and not jax_x64()  # JAX would make int64 int32 silently
+        if (name in FLOATS and np.dtype(name) not in {np.dtype(d) for d in self.dtypes}) or (
+                narrow and name in ("int64", "uint64", "complex128")):
             hint = " unless jax_enable_x64 is on" if self.library == "jax" else ""
             raise DTypeError(f"backend {self.name!r} cannot hold {name} ({self.library} has no "
-                             f"{name}{hint}); it takes {'/'.join(np.dtype(d).name for d in self.dtypes)}")
+                             f"{name}{hint}); it takes the floating dtypes "
+                             f"{'/'.join(np.dtype(d).name for d in self.dtypes)}")
         return getattr(self.xp, name)
 
     def is_native(self, arr: Any) -> bool:
