@@ -1,8 +1,12 @@
-"""One parser for every ``NORMCORE_*`` environment variable.
+"""normcore's configuration: every ``NORMCORE_*`` environment variable, read once by one parser.
 
-Each reader takes the variable's name and its default; a value it cannot use gives one warning
-that names the variable, what came and what is accepted, and the default is kept. No variable
-ever makes normcore (or a backend) fail to load.
+:data:`settings` holds the core's variables, read when normcore is imported (as NetworkX's
+``config``); change them from Python by assigning its attributes (``settings.fallback = True``),
+or re-read the environment with :func:`reload`. Backends read their own variables once, at
+their import, through the same readers (:func:`env_flag`, :func:`env_int`, :func:`env_float`,
+:func:`env_str`): a value a reader cannot use gives one warning that names the variable, what
+came and what is accepted, and the default is kept. No variable ever makes normcore (or a
+backend) fail to load.
 
 =============================  ========================  ==========================================
 variable                       accepted                  meaning
@@ -13,17 +17,21 @@ variable                       accepted                  meaning
 ``NORMCORE_LOG``               debug, info, warning      log records of the ``normcore`` logger
 ``NORMCORE_NUMBA_POOL_MB``     0 to 2**44 (MiB)          the numba output pool's limit (0: off)
 ``NORMCORE_NUMBA_SERIAL_MAX``  a whole number >= 0       largest input run on the calling thread
-``NORMCORE_CUDASIM_SHUFFLE``   1/0, true/false, yes/no   CUDA simulator: emulate warp shuffles
-``NORMCORE_TEST_BACKEND``      names, comma separated    backends the test suites run on
-``NORMCORE_TEST_QUICK``        1/0, true/false, yes/no   the conformance kit's short run
 =============================  ========================  ==========================================
 
->>> import os
->>> from normcore.config import env_int
->>> os.environ["NORMCORE_DOCTEST"] = "12"
->>> env_int("NORMCORE_DOCTEST", 5)
-12
->>> del os.environ["NORMCORE_DOCTEST"]
+Developer switches, for normcore's own test suites, carry the separate prefix ``NORMCORE_TEST_``:
+
+==================================  ======================  ======================================
+variable                            accepted                meaning
+==================================  ======================  ======================================
+``NORMCORE_TEST_BACKEND``           names, comma separated  backends the test suites run on
+``NORMCORE_TEST_QUICK``             1/0, true/false         the conformance kit's short run
+``NORMCORE_TEST_CUDASIM_SHUFFLE``   1/0, true/false         CUDA simulator: emulate warp shuffles
+==================================  ======================  ======================================
+
+>>> from normcore.config import settings
+>>> settings.fallback
+False
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 
-__all__ = ["env_flag", "env_int", "env_float", "env_str"]
+__all__ = ["Settings", "settings", "reload", "env_flag", "env_int", "env_float", "env_str"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -99,3 +108,36 @@ def _bounds(minimum: float, maximum: float | None) -> str:
         return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
     return f">= {num(minimum)}" if maximum is None else f"from {num(minimum)} to {num(maximum)}"
+
+
+@dataclass
+class Settings:
+    """The core's configuration (see the module docstring for each variable)."""
+
+    #: ``NORMCORE_BACKEND``: the backend when a call names none and no use_backend() is active.
+    backend: str = ""
+    #: ``NORMCORE_BACKEND_PRIORITY``: automatic selection tries these first, in this order.
+    backend_priority: tuple[str, ...] = ()
+    #: ``NORMCORE_FALLBACK``: a partial backend's missing kernels run on the reference.
+    fallback: bool = False
+    #: ``NORMCORE_LOG``: the level of the ``normcore`` logger's stderr handler ('' for none).
+    log: str = ""
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        priority = tuple(n.strip() for n in env_str("NORMCORE_BACKEND_PRIORITY").split(",")
+                         if n.strip())
+        return cls(backend=env_str("NORMCORE_BACKEND"), backend_priority=priority,
+                   fallback=env_flag("NORMCORE_FALLBACK"), log=env_str("NORMCORE_LOG"))
+
+
+#: Read once, at import.
+settings = Settings.from_environment()
+
+
+def reload() -> Settings:
+    """Read the environment again into :data:`settings` (the same object) and return it."""
+    fresh = Settings.from_environment()
+    for name in fresh.__dataclass_fields__:
+        setattr(settings, name, getattr(fresh, name))
+    return settings

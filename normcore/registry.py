@@ -49,7 +49,7 @@ _errors: dict[str, BaseException] = {}
 #: default_backend()'s answer by NORMCORE_BACKEND_PRIORITY value: the walk over the entries
 #: (sorting, availability checks) cost a functional call without ``backend=`` 5 us, as much as
 #: a small layer's kernel. Cleared with what it depends on (refresh, register).
-_default_memo: dict[str, tuple[Backend, str]] = {}
+_default_memo: dict[tuple[str, ...], tuple[Backend, str]] = {}
 _warned: set[str] = set()  # broken backends already warned about by automatic selection
 _discovered: dict[str, BackendEntry] | None = None
 
@@ -328,10 +328,9 @@ def _priority_order() -> list[BackendEntry]:
     entries = _entry_points()
     cpu = sorted((e for e in entries.values() if e.automatic),
                  key=lambda e: (-e.priority, e.name))
-    raw = config.env_str("NORMCORE_BACKEND_PRIORITY")
-    if not raw:
+    wanted = config.settings.backend_priority
+    if not wanted:
         return cpu
-    wanted = [n.strip() for n in raw.split(",") if n.strip()]
     for n in wanted:
         if n not in entries:
             warnings.warn(f"NORMCORE_BACKEND_PRIORITY names {_unknown_message(n, list(entries))}",
@@ -352,10 +351,10 @@ def default_backend() -> tuple[Backend, str]:
     INFO log record: a machine without a GPU or without Numba is not a problem to shout about.
     The answer is kept until ``refresh()`` or ``register()`` (per NORMCORE_BACKEND_PRIORITY value).
     """
-    raw = config.env_str("NORMCORE_BACKEND_PRIORITY")
-    memo = _default_memo.get(raw)
+    key = config.settings.backend_priority
+    memo = _default_memo.get(key)
     if memo is None:
-        memo = _default_memo[raw] = _first_available()
+        memo = _default_memo[key] = _first_available()
     return memo
 
 
@@ -379,7 +378,7 @@ def _first_available() -> tuple[Backend, str]:
                 logger.info("skipping backend %r: %s", entry.name, exc)
             continue
         why = ("first available in NORMCORE_BACKEND_PRIORITY"
-               if config.env_str("NORMCORE_BACKEND_PRIORITY")
+               if config.settings.backend_priority
                else f"highest-priority available CPU backend (priority {entry.priority})")
         if skipped:
             why += "; skipped " + "; ".join(skipped)
@@ -396,7 +395,7 @@ def resolve(backend: str | Backend | None = None) -> tuple[Backend, str]:
     ctx = _context.get()
     if ctx is not None:
         return get_backend(ctx), "use_backend() context"
-    env = config.env_str("NORMCORE_BACKEND")
+    env = config.settings.backend
     if env:
         if env in _entry_points():
             return get_backend(env), "NORMCORE_BACKEND environment variable"
@@ -420,7 +419,7 @@ def kernel(backend: Backend, name: str) -> Any:
     fallback is enabled (``NORMCORE_FALLBACK=1``); raise otherwise."""
     if name in backend.kernels:
         return getattr(backend, name)
-    if env_flag("NORMCORE_FALLBACK"):
+    if config.settings.fallback:
         logger.info("backend %r does not implement %s; falling back to %r",
                     backend.name, name, REFERENCE)
         reference = get_backend(REFERENCE)
@@ -435,7 +434,7 @@ def configure_logging(level: str | None = None) -> None:
     Runs at import; does nothing unless ``NORMCORE_LOG`` is set (``debug``, ``info``, ``warning``)
     or a level is given. Adds one StreamHandler to the ``normcore`` logger, never to the root one.
     """
-    raw = level.strip() if level is not None else config.env_str("NORMCORE_LOG")
+    raw = level.strip() if level is not None else config.settings.log
     if not raw:
         return
     value = logging.getLevelName(raw.upper())

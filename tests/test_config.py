@@ -109,11 +109,29 @@ print(_kernels.SIM_SHUFFLE, [str(w.message) for w in caught if "NORMCORE" in str
                          [("1", True, False), ("true", True, False), ("0", False, False),
                           ("maybe", False, True)])
 def test_the_cuda_simulator_shuffle_switch_is_a_flag(raw, shuffle, warned):
-    """NORMCORE_CUDASIM_SHUFFLE took only '1': 'true' was off and 'maybe' said nothing."""
+    """NORMCORE_TEST_CUDASIM_SHUFFLE took only '1': 'true' was off and 'maybe' said nothing."""
     pytest.importorskip("numba.cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NORMCORE_CUDASIM_SHUFFLE=raw)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NORMCORE_TEST_CUDASIM_SHUFFLE=raw)
     run = subprocess.run([sys.executable, "-c", CUDASIM], capture_output=True, text=True, env=env,
                          timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.startswith(f"{shuffle} ["), run.stdout
-    assert ("NORMCORE_CUDASIM_SHUFFLE='maybe' is not a boolean" in run.stdout) == warned
+    assert ("NORMCORE_TEST_CUDASIM_SHUFFLE='maybe' is not a boolean" in run.stdout) == warned
+
+
+def test_settings_are_read_once_and_reload_reads_again(monkeypatch):
+    from normcore import config
+
+    before = config.settings.backend_priority
+    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "numpy, numba,")
+    monkeypatch.setenv("NORMCORE_FALLBACK", "maybe")
+    assert config.settings.backend_priority == before  # read at import, not per call
+    try:
+        with pytest.warns(UserWarning, match="NORMCORE_FALLBACK='maybe' is not a boolean"):
+            same = config.reload()
+        assert same is config.settings
+        assert config.settings.backend_priority == ("numpy", "numba")
+        assert config.settings.fallback is False
+    finally:
+        monkeypatch.undo()
+        config.reload()

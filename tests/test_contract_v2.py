@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import normcore
+from normcore import config, registry
 from normcore import functional as F
-from normcore import registry
 from normcore.backend import KERNELS, OPTIONAL_KERNELS
 from normcore.testing import verify
 from normcore_numpy.backend import NumpyBackend
@@ -105,7 +105,7 @@ def test_automatic_selection_takes_only_numpy_array_cpu_backends(clean_registry,
     registry.register("cpu-other-arrays", _JaxLikeCPU, priority=1000)
     registry._entry_points()["cpu-other-arrays"].info["array_library"] = "jax"
     assert normcore.get_backend(None).name != "cpu-other-arrays"
-    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "cpu-other-arrays,numpy")
+    monkeypatch.setattr(config.settings, "backend_priority", tuple("cpu-other-arrays,numpy".split(",")))
     with pytest.warns(UserWarning, match="never picks"):
         chosen, _ = registry.default_backend()
     assert chosen.name == "numpy"

@@ -49,7 +49,7 @@ _CHILD = textwrap.dedent(
 
 def test_simulated_reductions_allocate_shared_buffers_safely() -> None:
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    env.pop("NORMCORE_CUDASIM_SHUFFLE", None)
+    env.pop("NORMCORE_TEST_CUDASIM_SHUFFLE", None)
     run = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import normcore
-from normcore import cli, registry
+from normcore import cli, config, registry
 from normcore.backend import API_VERSION
 
 
@@ -219,7 +219,7 @@ def test_import_normcore_and_other_backends_keep_working():
 @needs_broken
 def test_automatic_selection_skips_broken_with_a_warning(fresh_registry, monkeypatch):
     monkeypatch.delenv("NORMCORE_BACKEND", raising=False)
-    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", ",".join(BROKEN) + ",numpy")
+    monkeypatch.setattr(config.settings, "backend_priority", (*BROKEN, "numpy"))
     with pytest.warns(UserWarning) as record:
         chosen, why = registry.resolve(None)
     assert chosen.name == "numpy"

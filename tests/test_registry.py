@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import normcore
-from normcore import registry
+from normcore import config, registry
 from normcore.backend import Availability, Backend
 from normcore_numpy.backend import NumpyBackend
 
@@ -63,51 +63,51 @@ def test_a_backend_that_is_not_a_name_is_a_type_error(bad):
 
 def test_selection_precedence(monkeypatch, clean_registry):
     registry.register("other", _Other, priority=-5)
-    monkeypatch.setenv("NORMCORE_BACKEND", "other")
+    monkeypatch.setattr(config.settings, "backend", "other")
     assert registry.resolve()[0] is normcore.get_backend("other")
     assert "environment" in registry.resolve()[1]
     with normcore.use_backend("numpy"):
         assert registry.resolve()[0].name == "numpy"  # context beats environment
         assert registry.resolve("other")[1] == "argument"  # argument beats context
         assert normcore.LayerNorm(2, backend="other").backend is normcore.get_backend("other")
-    monkeypatch.delenv("NORMCORE_BACKEND")
+    monkeypatch.setattr(config.settings, "backend", "")
     default, why = registry.resolve()
     assert default.name != "other" and "priority" in why
 
 
 def test_default_is_fastest_available_cpu_backend(monkeypatch):
-    monkeypatch.delenv("NORMCORE_BACKEND", raising=False)
-    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY", raising=False)
+    monkeypatch.setattr(config.settings, "backend", "")
+    monkeypatch.setattr(config.settings, "backend_priority", ())
     available = {r.name for r in normcore.list_backends(check=True) if r.available}
     expected = "numba" if "numba" in available else "numpy"
     assert registry.resolve()[0].name == expected
 
 
 def test_default_selection_is_kept_until_register_or_refresh(monkeypatch, clean_registry):
-    monkeypatch.delenv("NORMCORE_BACKEND", raising=False)
-    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY", raising=False)
+    monkeypatch.setattr(config.settings, "backend", "")
+    monkeypatch.setattr(config.settings, "backend_priority", ())
     before = registry.resolve()[0]
     assert registry.resolve()[0] is before  # kept: the same object, no second walk
     registry.register("other", _Other, priority=10_000)
     assert registry.resolve()[0].name == "other"  # register() forgets the kept answer
-    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", before.name)
+    monkeypatch.setattr(config.settings, "backend_priority", tuple(before.name.split(",")))
     assert registry.resolve()[0] is before  # kept per NORMCORE_BACKEND_PRIORITY value
-    monkeypatch.delenv("NORMCORE_BACKEND_PRIORITY")
+    monkeypatch.setattr(config.settings, "backend_priority", ())
     assert registry.resolve()[0].name == "other"
     registry.refresh()
     assert registry.resolve()[0].name == before.name
 
 
 def test_priority_environment_variable(monkeypatch):
-    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "numpy,numba")
+    monkeypatch.setattr(config.settings, "backend_priority", tuple("numpy,numba".split(",")))
     assert registry.resolve()[0].name == "numpy"
-    monkeypatch.setenv("NORMCORE_BACKEND_PRIORITY", "nosuch,numpy")
+    monkeypatch.setattr(config.settings, "backend_priority", tuple("nosuch,numpy".split(",")))
     with pytest.warns(UserWarning, match="nosuch"):
         assert registry.resolve()[0].name == "numpy"
 
 
 def test_unknown_environment_backend_warns_and_falls_back(monkeypatch):
-    monkeypatch.setenv("NORMCORE_BACKEND", "nosuchbackend")
+    monkeypatch.setattr(config.settings, "backend", "nosuchbackend")
     with pytest.warns(UserWarning, match="nosuchbackend"):
         backend, _ = registry.resolve()
     assert backend.name in registry.backend_names()
@@ -170,7 +170,7 @@ def test_partial_backend_falls_back_only_when_asked(monkeypatch, clean_registry,
     normcore.LayerNorm(4, backend="partial")(x)  # implemented kernels run
     with pytest.raises(normcore.BackendError, match="NORMCORE_FALLBACK=1"):
         normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
-    monkeypatch.setenv("NORMCORE_FALLBACK", "1")
+    monkeypatch.setattr(config.settings, "fallback", True)
     with caplog.at_level(logging.INFO, logger="normcore"):
         y, _ = normcore.functional.dropout(x, 0.5, seed=1, backend="partial")
     assert "falling back" in caplog.text
@@ -179,7 +179,7 @@ def test_partial_backend_falls_back_only_when_asked(monkeypatch, clean_registry,
     from normcore.testing import verify
     results = verify("partial", quick=True)
     assert results and all(r.ok and not r.skipped for r in results)  # fallback covers the rest
-    monkeypatch.setenv("NORMCORE_FALLBACK", "no")
+    monkeypatch.setattr(config.settings, "fallback", False)
     skipped = [r for r in verify("partial", quick=True) if r.skipped]
     assert skipped and all(r.ok for r in skipped)
     with pytest.raises(normcore.BackendError):

@@ -139,16 +139,16 @@ def slabs(c: int, m: int) -> int:
 
 # ------------------------------------------------------------------ warp primitives
 #: In the simulator, run the GPU reduction code itself on an emulated ``shfl_xor_sync`` (slower;
-#: ``NORMCORE_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down. The
-#: conformance kit checks that path too: ``NUMBA_ENABLE_CUDASIM=1 NORMCORE_CUDASIM_SHUFFLE=1
+#: ``NORMCORE_TEST_CUDASIM_SHUFFLE=1``) instead of the fast whole-reduction emulation further down. The
+#: conformance kit checks that path too: ``NUMBA_ENABLE_CUDASIM=1 NORMCORE_TEST_CUDASIM_SHUFFLE=1
 #: normcore verify --backend numba-cuda --quick``.
-SIM_SHUFFLE = SIMULATOR and env_flag("NORMCORE_CUDASIM_SHUFFLE")
+SIM_SHUFFLE = SIMULATOR and env_flag("NORMCORE_TEST_CUDASIM_SHUFFLE")
 
 #: The simulator's ``cuda.shared.array`` allocates a call site's buffer on its first call in a
 #: launch with an unlocked get-then-set, so two threads arriving together can each get their own
 #: buffer and never see each other's values (a rare wrong reduction: CI failed on it once). The
 #: simulator-only code below allocates under this lock. The kernels' own ``sh`` buffers are used
-#: only in the ``NORMCORE_CUDASIM_SHUFFLE`` mode and are not covered.
+#: only in the ``NORMCORE_TEST_CUDASIM_SHUFFLE`` mode and are not covered.
 _SIM_SHARED_LOCK = threading.Lock()
 
 if not SIMULATOR or SIM_SHUFFLE:

@@ -547,5 +547,5 @@ def verify(backend: str | Backend, quick: bool = False,
 
 
 def _fallback_on() -> bool:
-    from normcore.registry import env_flag
-    return env_flag("NORMCORE_FALLBACK")
+    from normcore.config import settings
+    return settings.fallback

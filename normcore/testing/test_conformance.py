@@ -12,8 +12,7 @@ from __future__ import annotations
 import pytest
 
 import normcore
-from normcore.config import env_str
-from normcore.registry import env_flag
+from normcore.config import env_flag, env_str, settings
 from normcore.testing.cases import all_cases, applies, takes_dtype
 
 
@@ -40,6 +39,6 @@ def test_conformance(backend, case):
     if not takes_dtype(case, backend):
         pytest.skip(f"backend {backend.name!r} takes no {case.dtype}")
     missing = set(case.kernels) - set(backend.kernels)
-    if missing and not env_flag("NORMCORE_FALLBACK"):
+    if missing and not settings.fallback:
         pytest.skip(f"backend {backend.name!r} does not implement {sorted(missing)}")
     case.run(backend)
