@@ -14,7 +14,7 @@ numba). The layers alone: forward + backward of torch's layer and of its drop-in
 converted run round-robin (one step each, in turn) after a warm-up, and the table gives medians.
 Threads: ``torch.set_num_threads(T)`` and Numba's ``T`` (``--threads``, default 2).
 
-    .venv/bin/python tools/bridge_bench.py [--steps 10] [--threads 2] [--quick] [--json F]
+    .venv/bin/python tools/bridge_bench.py [--steps 10] [--threads 2] [--quick] [--only bert] [--json F]
 
 Models need transformers (``make setup`` installs it); without it those rows are skipped.
 """
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--quick", action="store_true", help="small shapes (a smoke test)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--only", default="", help="only the rows whose name contains this")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     import numba
@@ -148,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| training step (fwd + bwd + SGD) | torch ms | normcore.torch ms | speedup |")
     print("| --- | ---: | ---: | ---: |")
     for name, (model, inputs, output) in _models(args.quick).items():
+        if args.only not in name:
+            continue
         conv = nt.convert(model, backend=args.backend)
         med = _round_robin({"torch": _train_step(copy.deepcopy(model), inputs, output),
                             "normcore": _train_step(conv, inputs, output)},
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | ---: | ---: | ---: |")
     g = torch.Generator().manual_seed(1)
     for name, (layer, shape, fmt) in _layers(args.quick).items():
+        if args.only not in name:
+            continue
         x = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
         gy = torch.randn(shape, generator=g).contiguous(memory_format=fmt)
         conv = nt.convert(layer, backend=args.backend)

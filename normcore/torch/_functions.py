@@ -16,6 +16,14 @@ error, an input modified in place after the forward is caught by torch's version
 Double backward (``create_graph=True`` and differentiating the gradients again) is not supported:
 normcore's backward kernels are not differentiable, and torch raises a clear error when it is tried
 (``@once_differentiable``).
+
+>>> import torch, normcore.torch
+>>> x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+>>> y = normcore.torch.layer_norm(x, (8,))
+>>> torch.allclose(y, torch.nn.functional.layer_norm(x, (8,)))
+True
+>>> torch.autograd.gradcheck(lambda x: normcore.torch.layer_norm(x, (8,)), (x,))
+True
 """
 
 from __future__ import annotations
@@ -104,7 +112,7 @@ class _Op:
     backward: Any  # (grad_output, saved) -> (dx, dweight, dbias)
     backend: Backend
     host: bool
-    #: Memory format of the output (None: contiguous; "input": whatever the backend returns).
+    #: Memory format of the output (None: contiguous).
     y_format: Any = None
     #: Memory format of the input gradient (None: as the backend returns it).
     dx_format: Any = None
@@ -113,10 +121,7 @@ class _Op:
 def _run_forward(op: _Op, x: Tensor, weight: Tensor | None, bias: Tensor | None
                  ) -> tuple[Tensor, NF.Saved]:
     y, saved = op.forward(_arg(x, op.host), _arg(weight, op.host), _arg(bias, op.host))
-    y = _tensor(y)
-    if op.y_format != "input":
-        y = _in_format(y, op.y_format)
-    return y, saved
+    return _in_format(_tensor(y), op.y_format), saved
 
 
 class _NormFunction(torch.autograd.Function):

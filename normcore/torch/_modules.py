@@ -10,6 +10,14 @@ the constructor, parameters (real ``torch.nn.Parameter``s), buffers, ``state_dic
 
 The forwards are excluded from ``torch.compile`` graphs (``torch.compiler.disable``): a compiled
 model breaks its graph around each normcore layer and runs it eagerly.
+
+>>> import torch, normcore.torch
+>>> bn = normcore.torch.BatchNorm2d(3)                 # torch.nn.BatchNorm2d's arguments
+>>> isinstance(bn, torch.nn.BatchNorm2d), list(bn.state_dict())
+(True, ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
+>>> y = bn(torch.randn(4, 3, 5, 5) + 2)              # batch statistics; running ones updated
+>>> bool((bn.running_mean > 0.1).all()), int(bn.num_batches_tracked)
+(True, 1)
 """
 
 from __future__ import annotations
