@@ -28,19 +28,22 @@ _DEVICE_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host", 4: "OpenCL", 7: "Vulkan", 
 Back = Callable[[Any], Any]
 
 
-@functools.lru_cache(maxsize=64)
 def np_dtype(dtype: Any) -> np.dtype:
     """The NumPy dtype of any library's dtype object (``torch.float32``, array-api-strict's
-    ``float32``, NumPy's own): by its name when NumPy does not take the object itself."""
-    try:
+    ``float32``, NumPy's own): by its name when it is not NumPy's."""
+    if isinstance(dtype, np.dtype):
+        return dtype
+    if isinstance(dtype, type):
         return np.dtype(dtype)
-    except TypeError:
-        pass
-    name = str(dtype).rsplit(".", 1)[-1]
+    return _dtype_named(str(dtype).rsplit(".", 1)[-1])  # (a string key: no cross-library ==)
+
+
+@functools.lru_cache(maxsize=64)
+def _dtype_named(name: str) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
-        raise TypeError(f"dtype {dtype} has no NumPy equivalent (normcore computes float16, "
+        raise TypeError(f"dtype {name} has no NumPy equivalent (normcore computes float16, "
                         "float32 and float64)") from None
 
 

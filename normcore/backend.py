@@ -98,8 +98,8 @@ class Backend(abc.ABC):
 
     Arrays are whatever the backend computes on (NumPy arrays, CuPy arrays, JAX arrays, torch
     tensors, ...). They must offer ``shape``, ``dtype`` (a NumPy dtype, or an object whose name
-    NumPy knows, as ``torch.float32``), ``ndim``, ``reshape`` and ``+`` (used to accumulate
-    gradients). Nothing is ever assigned into them
+    NumPy knows, as ``torch.float32``), ``ndim`` and ``+`` (used to accumulate gradients);
+    reshapes go through :meth:`reshape`. Nothing is ever assigned into them
     except through :meth:`write`, and only when ``mutable`` is true.
     """
 
@@ -172,6 +172,12 @@ class Backend(abc.ABC):
     def copy(self, arr: Any) -> Any:
         """An independent copy of ``arr`` (used when loading state and snapshotting buffers)."""
         return self.asarray(self.to_numpy(arr).copy())
+
+    def reshape(self, arr: Any, shape: tuple[int, ...]) -> Any:
+        """``arr`` with another shape, a view where the strides allow (the layers' canonical views
+        and their way back). Default: ``arr.reshape(shape)``; a library whose arrays have no
+        method for it (array-api-strict) calls its namespace's function."""
+        return arr.reshape(shape)
 
     def from_dlpack(self, obj: Any) -> Any:
         """Another library's array (anything with ``__dlpack__``) as this backend's array, sharing
@@ -255,12 +261,13 @@ class Backend(abc.ABC):
         """
         if "channel_moments_normalize" in self.kernels:
             y, mean, var = self.channel_moments_normalize(x3, eps, weight, bias)
-        else:
-            mean, var = self.channel_moments(x3)
-            y = self.channel_normalize(x3, mean, var, eps, weight, bias)
+        else:  # (the base class's composition, as normcore.registry.kernel hands it out)
+            y, mean, var = Backend.channel_moments_normalize(self, x3, eps, weight, bias)
         c = x3.shape[1]
-        new_mean, new_var = self.running_update(running_mean, running_var, mean.reshape(1, c),
-                                                var.reshape(1, c), momentum, var_correction)
+        new_mean, new_var = self.running_update(running_mean, running_var,
+                                                self.reshape(mean, (1, c)),
+                                                self.reshape(var, (1, c)), momentum,
+                                                var_correction)
         return y, mean, var, new_mean, new_var
 
     def channel_backward_sums(self, dy3: Any, x3: Any, mean: Any, var: Any, eps: float

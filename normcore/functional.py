@@ -39,6 +39,7 @@ from ._checks import (
     same_dtype,
     vector,
 )
+from ._parameter import Parameter
 from .backend import Backend
 
 __all__ = [
@@ -122,7 +123,7 @@ def _zeros(backend: Backend, shape: tuple[int, ...] | None, dtype: Any) -> Array
 
 
 def _reshape_param(backend: Backend, p: Array, shape: tuple[int, ...]) -> Array:
-    return None if p is None else p.reshape(shape)
+    return None if p is None else backend.reshape(p, shape)
 
 
 # ---------------------------------------------------------------------- per-channel norms
@@ -148,41 +149,59 @@ def _channel_args(
 
 
 def _targets(be: Backend, running_mean: Array | None, running_var: Array | None, updates: bool
-             ) -> tuple[Array, Array] | None:
-    """Before anything runs: the caller's running statistics as the backend's arrays that
-    :func:`_commit` will write (views of the caller's memory), refused when they cannot be
-    written. None when nothing will be written: no update, or a backend of immutable arrays."""
-    if not updates or running_mean is None or running_var is None or not be.mutable:
+             ) -> tuple[Any, Any] | None:
+    """Before anything runs: where :func:`_commit` will write the caller's running statistics,
+    refused when they cannot be written. None when nothing will be written (no update, or the
+    backend's own immutable arrays: the new ones are ``saved.running``)."""
+    if not updates or running_mean is None or running_var is None:
         return None
-    targets = []
-    for value, what in ((running_mean, "running_mean"), (running_var, "running_var")):
-        native = as_input(value, be, what)
-        if not be.writable(native):
-            raise ValueError(f"{what} is read-only ({type(value).__module__}."
-                             f"{type(value).__name__}), and this call updates it in place, as "
-                             "torch does: pass writable arrays, or use a module "
-                             "(normcore.BatchNorm1d, ...), which keeps its own statistics")
-        targets.append(native)
-    return targets[0], targets[1]
+    found = [_target(be, value, what) for value, what in
+             ((running_mean, "running_mean"), (running_var, "running_var"))]
+    return None if None in found else (found[0], found[1])
+
+
+def _target(be: Backend, value: Array, what: str) -> Any:
+    """``("backend", array)`` written with ``be.write``, ``("host", ndarray)`` written with
+    NumPy (a host array that a device backend copies), or None (the backend's immutable array)."""
+    if isinstance(value, Parameter):
+        value = value.data
+    if be.is_native(value):
+        if not be.mutable:
+            return None
+        kind, target, ok = "backend", value, be.writable(value)
+    else:
+        native = value if isinstance(value, np.ndarray) else as_input(value, be, what)
+        if isinstance(native, np.ndarray):  # the caller's memory, seen from the host
+            kind, target, ok = "host", native, native.flags.writeable
+        else:  # a device view of the caller's memory (DLPack)
+            kind, target, ok = "backend", native, be.mutable and be.writable(native)
+    if not ok:
+        raise ValueError(f"{what} is read-only ({type(value).__module__}.{type(value).__name__}), "
+                         "and this call updates it in place, as torch does: pass writable "
+                         "arrays, write_running=False, or use a module (normcore.BatchNorm1d, "
+                         "...), which keeps its own statistics")
+    return kind, target
 
 
 def _commit(be: Backend, saved: Saved, update: RunningUpdate | None,
-            targets: tuple[Array, Array] | None) -> None:
-    """The functional API's torch semantics: running statistics are updated in place (on a
-    backend of immutable arrays they cannot be: the new ones are ``saved.running``)."""
+            targets: tuple[Any, Any] | None) -> None:
+    """The functional API's torch semantics: running statistics are updated in place (the
+    backend's own immutable arrays cannot be: the new ones are ``saved.running``)."""
     saved.running = update
-    if update is not None and targets is not None:
-        be.write(targets[0], update.mean)
-        be.write(targets[1], update.var)
+    if update is None or targets is None:
+        return
+    for (kind, target), value in zip(targets, (update.mean, update.var), strict=True):
+        if kind == "host":
+            target[...] = be.to_numpy(value)
+        else:
+            be.write(target, value)
 
 
 def _moments_normalize(be: Backend, x3: Array, eps: float, weight: Array | None,
                        bias: Array | None) -> tuple[Array, Array, Array]:
-    """Batch statistics and the output they normalize: the backend's fused kernel when it has one."""
-    if "channel_moments_normalize" in be.kernels:
-        return _call(be, "channel_moments_normalize", x3, eps, weight, bias)
-    mean, var = _call(be, "channel_moments", x3)
-    return _call(be, "channel_normalize", x3, mean, var, eps, weight, bias), mean, var
+    """Batch statistics and the output they normalize (the optional fused kernel: the backend's
+    own or the contract's composition, see :func:`normcore.registry.kernel`)."""
+    return _call(be, "channel_moments_normalize", x3, eps, weight, bias)
 
 
 def _batch_norm(
@@ -209,18 +228,13 @@ def _batch_norm(
                   has_bias=bias is not None, extra={"batch_stats": training}, back=back)
     if _size(x) == 0:
         return _empty_like(be, x), saved, None
-    x3 = x.reshape(n_, c, per_channel // n_)
+    x3 = be.reshape(x, (n_, c, per_channel // n_))
     update = None
     if training and running_mean is not None:
         correction = per_channel / (per_channel - 1)
-        if "channel_moments_normalize_update" in be.kernels:
-            y, mean, var, new_mean, new_var = _call(
-                be, "channel_moments_normalize_update", x3, eps, weight, bias, running_mean,
-                running_var, momentum, correction)
-        else:
-            y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
-            new_mean, new_var = _call(be, "running_update", running_mean, running_var,
-                                      mean.reshape(1, c), var.reshape(1, c), momentum, correction)
+        y, mean, var, new_mean, new_var = _call(
+            be, "channel_moments_normalize_update", x3, eps, weight, bias, running_mean,
+            running_var, momentum, correction)
         update = RunningUpdate(new_mean, new_var)
     elif training:
         y, mean, var = _moments_normalize(be, x3, eps, weight, bias)
@@ -228,7 +242,7 @@ def _batch_norm(
         mean, var = running_mean, running_var
         y = _call(be, "channel_normalize", x3, mean, var, eps, weight, bias)
     saved.x, saved.mean, saved.var = x3, mean, var
-    return y.reshape(x.shape), saved, update
+    return be.reshape(y, tuple(x.shape)), saved, update
 
 
 def batch_norm(
@@ -285,7 +299,7 @@ def _instance_norm(
         return _empty_like(be, x), saved, None
     update = None
     if use_input_stats:
-        x4 = x.reshape(n_, c, 1, spatial)
+        x4 = be.reshape(x, (n_, c, 1, spatial))
         y, mean, var = _call(be, "group_normalize", x4, _reshape_param(be, weight, (c, 1)),
                              _reshape_param(be, bias, (c, 1)), eps, True)
         if running_mean is not None:
@@ -298,10 +312,10 @@ def _instance_norm(
         saved.x, saved.mean, saved.var = x4, mean, var
         saved.weight = _reshape_param(be, weight, (c, 1))
     else:
-        x3 = x.reshape(n_, c, spatial)
+        x3 = be.reshape(x, (n_, c, spatial))
         y = _call(be, "channel_normalize", x3, running_mean, running_var, eps, weight, bias)
         saved.x, saved.mean, saved.var = x3, running_mean, running_var
-    return y.reshape(x.shape), saved, update
+    return be.reshape(y, tuple(x.shape)), saved, update
 
 
 def _constant_planes_without_eps(be: Backend, y4: Array, var: Array, bias: Array | None
@@ -370,11 +384,11 @@ def _row_norm(
                   extra={"center": center}, back=back)
     if _size(x) == 0:
         return _returned(_empty_like(be, x), saved), saved
-    x4 = x.reshape(_size(x) // cols, 1, cols, 1)
+    x4 = be.reshape(x, (_size(x) // cols, 1, cols, 1))
     y, mean, var = _call(be, "group_normalize", x4, w2, _reshape_param(be, bias, (1, cols)),
                          eps, center)
     saved.x, saved.mean, saved.var = x4, mean, var
-    return _returned(y.reshape(x.shape), saved), saved
+    return _returned(be.reshape(y, tuple(x.shape)), saved), saved
 
 
 def _trailing_param(p: Array | None, be: Backend, shape: tuple[int, ...], what: str,
@@ -450,11 +464,11 @@ def group_norm(
                   extra={"center": True}, back=back)
     if _size(x) == 0:
         return _returned(_empty_like(be, x), saved), saved
-    x4 = x.reshape(n_, groups, c // groups, numel(tuple(x.shape[2:])))
+    x4 = be.reshape(x, (n_, groups, c // groups, numel(tuple(x.shape[2:]))))
     y, mean, var = _call(be, "group_normalize", x4, w2,
                          _reshape_param(be, bias, (groups, c // groups)), eps, True)
     saved.x, saved.mean, saved.var = x4, mean, var
-    return _returned(y.reshape(x.shape), saved), saved
+    return _returned(be.reshape(y, tuple(x.shape)), saved), saved
 
 
 # ---------------------------------------------------------------------- shared backward
@@ -484,16 +498,16 @@ def _norm_backward(grad_output: Array, saved: Saved, op: str) -> tuple[Array, Ar
         zeros = _zeros(be, saved.weight_shape, wdtype)
         bias_grad = _zeros(be, saved.weight_shape, wdtype) if saved.has_bias else None
         return _all_returned((_empty_like(be, dy), zeros, bias_grad), saved)
-    dy_view = dy.reshape(saved.x.shape)
+    dy_view = be.reshape(dy, tuple(saved.x.shape))
     if saved.x.ndim == 3:
         dx, dw, db = _call(be, "channel_normalize_backward", dy_view, saved.x, saved.mean,
                            saved.var, saved.eps, saved.weight, saved.extra["batch_stats"])
     else:
         dx, dw, db = _call(be, "group_normalize_backward", dy_view, saved.x, saved.mean,
                            saved.var, saved.eps, saved.weight, saved.extra.get("center", True))
-    dweight = None if saved.weight_shape is None else dw.reshape(saved.weight_shape)
-    dbias = db.reshape(saved.weight_shape) if saved.has_bias else None
-    return _all_returned((dx.reshape(saved.input_shape), dweight, dbias), saved)
+    dweight = None if saved.weight_shape is None else be.reshape(dw, saved.weight_shape)
+    dbias = be.reshape(db, saved.weight_shape) if saved.has_bias else None
+    return _all_returned((be.reshape(dx, saved.input_shape), dweight, dbias), saved)
 
 
 def _all_returned(arrays: tuple[Array, ...], saved: Saved) -> tuple[Array, ...]:
@@ -558,10 +572,10 @@ def weight_standardization(
                   extra={"ddof": ddof, "eps_in_root": bool(eps_in_root)}, back=back)
     if _size(w) == 0:
         return _returned(_empty_like(be, w), saved), saved
-    w2 = w.reshape(rows, cols)
+    w2 = be.reshape(w, (rows, cols))
     y, mean, denom = _call(be, "standardize_rows", w2, eps, ddof, bool(eps_in_root))
     saved.x, saved.mean, saved.var = w2, mean, denom
-    return _returned(y.reshape(w.shape), saved), saved
+    return _returned(be.reshape(y, tuple(w.shape)), saved), saved
 
 
 def weight_standardization_backward(grad_output: Array, saved: Saved) -> Array:
@@ -569,9 +583,10 @@ def weight_standardization_backward(grad_output: Array, saved: Saved) -> Array:
     dy = _check_grad(grad_output, saved, "weight_standardization")
     if saved.x is None:
         return _returned(_empty_like(saved.backend, dy), saved)
-    dx = _call(saved.backend, "standardize_rows_backward", dy.reshape(saved.x.shape), saved.x,
+    be = saved.backend
+    dx = _call(be, "standardize_rows_backward", be.reshape(dy, tuple(saved.x.shape)), saved.x,
                saved.mean, saved.var, saved.eps, saved.extra["ddof"], saved.extra["eps_in_root"])
-    return _returned(dx.reshape(saved.input_shape), saved)
+    return _returned(be.reshape(dx, saved.input_shape), saved)
 
 
 # ---------------------------------------------------------------------- dropout

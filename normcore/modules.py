@@ -467,7 +467,7 @@ class _InstanceNorm(_NormBase):
             warnings.warn(f"input's size at dim={feature_dim} does not match num_features. You "
                           "can silence this warning by not passing in num_features, which is not "
                           "used because affine=False", stacklevel=2)
-        x = input.reshape((1,) + shape) if unbatched else input
+        x = self.backend.reshape(input, (1,) + shape) if unbatched else input
         if self.training and self.track_running_stats:
             with self._lock:  # read, update and commit the running statistics as one step
                 y, saved = self._forward(x)
@@ -475,7 +475,7 @@ class _InstanceNorm(_NormBase):
             y, saved = self._forward(x)
         saved.extra["unbatched_shape"] = shape if unbatched else None
         self._saved = saved
-        return y.reshape(shape) if unbatched else y
+        return self.backend.reshape(y, shape) if unbatched else y
 
     def _forward(self, x: Array) -> tuple[Array, F.Saved]:
         momentum = self.momentum if self.momentum is not None else 0.0  # as torch
@@ -491,9 +491,10 @@ class _InstanceNorm(_NormBase):
     def _backward(self, grad_output: Array, saved: F.Saved) -> tuple[Array, Array, Array]:
         shape = saved.extra.get("unbatched_shape")
         if shape is not None and tuple(getattr(grad_output, "shape", ())) == shape:
-            grad_output = grad_output.reshape((1,) + shape)
+            grad_output = self.backend.reshape(as_input(grad_output, self.backend, "grad_output"),
+                                               (1,) + shape)
             dx, dw, db = F.instance_norm_backward(grad_output, saved)
-            return dx.reshape(shape), dw, db
+            return self.backend.reshape(dx, shape), dw, db
         return F.instance_norm_backward(grad_output, saved)
 
 
@@ -637,6 +638,14 @@ class GroupNorm(Module):
 
 
 # ---------------------------------------------------------------------- Dropout
+def _writable(backend: Backend, arr: Array) -> bool:
+    """Whether an in-place write into ``arr`` can succeed, whatever library it comes from."""
+    if backend.is_native(arr):
+        return backend.writable(arr)
+    flags = getattr(arr, "flags", None)  # NumPy's (a host array a device backend would copy)
+    return bool(getattr(flags, "writeable", True))
+
+
 class Dropout(Module):
     """Inverted dropout, as ``torch.nn.Dropout``; seedable with ``seed=`` or ``rng=``.
 
@@ -661,7 +670,7 @@ class Dropout(Module):
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
     def forward(self, input: Array) -> Array:
-        if self.inplace and self.backend.is_native(input) and not self.backend.writable(input):
+        if self.inplace and not _writable(self.backend, input):
             raise ValueError(f"Dropout(inplace=True) cannot write its input ({type(input).__module__}"
                              f".{type(input).__name__}, read-only or immutable): pass a writable "
                              "array, or use inplace=False")  # (checked before the RNG moves)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import functools
 import importlib.metadata as metadata
 import importlib.util
 import logging
@@ -415,10 +416,16 @@ def select(backend: str | Backend | None = None) -> Backend:
 
 
 def kernel(backend: Backend, name: str) -> Any:
-    """The bound kernel ``name`` of ``backend``, or the reference's when the backend lacks it and
-    fallback is enabled (``NORMCORE_FALLBACK=1``); raise otherwise."""
+    """The kernel ``name`` of ``backend``, bound: the one place that decides which code runs.
+
+    The backend's own when it lists ``name`` in ``kernels``; for an optional kernel it does not
+    list, the base class's composition of its required kernels; else the reference's when
+    fallback is enabled (``NORMCORE_FALLBACK=1``), and a BackendError otherwise.
+    """
     if name in backend.kernels:
         return getattr(backend, name)
+    if name in OPTIONAL_KERNELS:
+        return functools.partial(getattr(Backend, name), backend)
     if config.settings.fallback:
         logger.info("backend %r does not implement %s; falling back to %r",
                     backend.name, name, REFERENCE)

@@ -35,7 +35,6 @@ all) SyncBatchNorm is exactly BatchNorm. Every process must make the same calls 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -48,17 +47,9 @@ from ._interop import np_dtype
 from .backend import Backend
 from .modules import _BatchNorm
 
-__all__ = ["SyncBatchNorm", "optional_kernel"]
+__all__ = ["SyncBatchNorm"]
 
 Array = Any
-
-
-def optional_kernel(backend: Backend, name: str) -> Any:
-    """An optional kernel of the contract: the backend's own when it lists it, else the base
-    class's default (composed of the backend's required kernels)."""
-    if name in backend.kernels:
-        return getattr(backend, name)
-    return partial(getattr(Backend, name), backend)
 
 
 @dataclass
@@ -146,7 +137,7 @@ class SyncBatchNorm(_BatchNorm):
         local = np.zeros(2 * c + 1)
         x3 = None
         if count:
-            x3 = x.reshape(n_, c, count // n_)
+            x3 = be.reshape(x, (n_, c, count // n_))
             mean, var = registry.kernel(be, "channel_moments")(x3)
             local[0] = count
             local[1:c + 1] = be.to_numpy(mean)
@@ -168,14 +159,14 @@ class SyncBatchNorm(_BatchNorm):
         update = None
         if self.track_running_stats and total:
             update = registry.kernel(be, "running_update")(
-                self.running_mean, self.running_var, mean_b.reshape(1, c), var_b.reshape(1, c),
-                factor, total / (total - 1))
+                self.running_mean, self.running_var, be.reshape(mean_b, (1, c)),
+                be.reshape(var_b, (1, c)), factor, total / (total - 1))
         if x3 is None:
             y = be.full(tuple(x.shape), 0.0, x.dtype)
         else:
             y = registry.kernel(be, "channel_normalize")(x3, mean_b, var_b, self.eps,
                                                          self._weight(), self._bias())
-            y = y.reshape(x.shape)
+            y = be.reshape(y, tuple(x.shape))
         # commit state only after everything succeeded
         if self.track_running_stats:
             self._buffers["num_batches_tracked"] = np.array(tracked, dtype=np.int64)
@@ -196,13 +187,13 @@ class SyncBatchNorm(_BatchNorm):
         be, c = saved.backend, sync.channels
         dy3, error = None, None
         try:
-            dy3 = F._check_grad(grad_output, saved, "batch_norm").reshape(
-                saved.x.shape if saved.x is not None else saved.input_shape)
+            dy3 = be.reshape(F._check_grad(grad_output, saved, "batch_norm"),
+                             tuple(saved.x.shape) if saved.x is not None else saved.input_shape)
         except Exception as exc:  # still take part in the Allreduce, with the flag set
             error = exc
         local = np.zeros(2 * c + 1)
         if error is None and saved.x is not None:
-            sum_dy, sum_dy_xhat = optional_kernel(be, "channel_backward_sums")(
+            sum_dy, sum_dy_xhat = registry.kernel(be, "channel_backward_sums")(
                 dy3, saved.x, saved.mean, saved.var, saved.eps)
             local[:c] = be.to_numpy(sum_dy)
             local[c:2 * c] = be.to_numpy(sum_dy_xhat)
@@ -219,10 +210,10 @@ class SyncBatchNorm(_BatchNorm):
         if saved.x is None:
             return be.full(saved.input_shape, 0.0, wd), dweight, dbias
         sd = np.float64 if wd == np.float64 else np.float32
-        dx3 = optional_kernel(be, "channel_normalize_backward_from_sums")(
+        dx3 = registry.kernel(be, "channel_normalize_backward_from_sums")(
             dy3, saved.x, saved.mean, saved.var, saved.eps, saved.weight,
             be.asarray(total[:c].astype(sd)), be.asarray(total[c:2 * c].astype(sd)), sync.total)
-        return dx3.reshape(saved.input_shape), dweight, dbias
+        return be.reshape(dx3, saved.input_shape), dweight, dbias
 
     # -------------------------------------------------------------- conversion
     @classmethod

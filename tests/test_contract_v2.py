@@ -136,3 +136,22 @@ def test_check_loads_and_reports():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert {r.name: r.status for r in normcore.list_backends()}["numpy"] == "available"
+
+
+def test_an_immutable_backend_still_writes_the_callers_writable_host_arrays():
+    """torch's in-place semantics hold for the caller's arrays whatever the backend computes on:
+    array-api-jax (immutable JAX arrays) updates NumPy running statistics it was given."""
+    pytest.importorskip("jax")
+    be = normcore.get_backend("array-api-jax")
+    assert not be.mutable
+    x = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y, saved = F.batch_norm(x, rm, rv, training=True, backend=be)
+    want_m, want_v = np.zeros(3, np.float32), np.ones(3, np.float32)
+    F.batch_norm(x, want_m, want_v, training=True, backend="numpy")
+    np.testing.assert_allclose(rm, want_m, rtol=1e-6)
+    np.testing.assert_allclose(rv, want_v, rtol=1e-6)
+    ro = np.zeros(3, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="running_mean is read-only"):
+        F.batch_norm(x, ro, rv, training=True, backend=be)

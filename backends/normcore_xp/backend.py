@@ -83,6 +83,10 @@ class ArrayAPIBackend(Backend):
         self._xp: Any = None
         self._compat: Any = None
 
+    def reshape(self, arr: Any, shape: tuple[int, ...]) -> Any:
+        """The namespace's ``reshape`` (array-api-strict arrays have no such method)."""
+        return self.compat.array_namespace(arr).reshape(arr, shape)
+
     def __getstate__(self) -> dict[str, Any]:  # modules do not pickle; they are found again
         return {**self.__dict__, "_xp": None, "_compat": None}
 

@@ -15,8 +15,8 @@ import functools
 import numpy as np
 
 import normcore
+from normcore import registry
 from normcore.backend import Backend
-from normcore.sync_batchnorm import optional_kernel
 
 from .cases import REFERENCE, Case, _check_outputs, _data, _layout, _to
 
@@ -31,12 +31,12 @@ def _sync_backward_case(shape: tuple[int, int, int], dtype: str, layout: str, af
     c = shape[1]
     w = _data((c,), dtype, "w", offset=1.0) if affine else None
     mean, var = ref.channel_moments(x)
-    sums = optional_kernel(backend, "channel_backward_sums")
+    sums = registry.kernel(backend, "channel_backward_sums")
     got = sums(_to(backend, dy), _to(backend, x), _to(backend, mean), _to(backend, var), 1e-5)
     want = ref.channel_backward_sums(dy, x, mean, var, 1e-5)
     _check_outputs(got, want, dtype, ("channel_backward_sums sum_dy", "sum_dy_xhat"))
 
-    from_sums = optional_kernel(backend, "channel_normalize_backward_from_sums")
+    from_sums = registry.kernel(backend, "channel_normalize_backward_from_sums")
     # the sums are x's own: dx equals channel_normalize_backward's with batch statistics
     m = shape[0] * shape[2]
     got = from_sums(_to(backend, dy), _to(backend, x), _to(backend, mean), _to(backend, var), 1e-5,
