@@ -178,12 +178,15 @@ def _select(backend: BackendArg) -> Backend:
 
 
 def _running(saved: NF.Saved, running_mean: Tensor | None, running_var: Tensor | None) -> None:
-    """A backend of immutable arrays (JAX) returns new running statistics instead of writing
-    them: copy them into torch's buffers (mutable backends wrote them in place already)."""
-    if saved.running is not None and not saved.backend.mutable and running_mean is not None:
+    """The new running statistics of a training forward (``saved.running``: the functional API
+    is called with ``write_running=False``) written into torch's buffers in place by torch's own
+    ``copy_``, as torch's batch_norm updates them, whichever backend computed them (NumPy arrays,
+    or JAX's immutable ones)."""
+    if saved.running is not None and running_mean is not None:
+        be = saved.backend
         with torch.no_grad():
-            running_mean.copy_(_tensor(saved.backend.to_numpy(saved.running.mean)))
-            running_var.copy_(_tensor(saved.backend.to_numpy(saved.running.var)))
+            running_mean.copy_(_tensor(be.to_numpy(saved.running.mean)))
+            running_var.copy_(_tensor(be.to_numpy(saved.running.var)))
 
 
 # ---------------------------------------------------------------------- the functions
@@ -198,7 +201,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     rm, rv = _arg(running_mean, host), _arg(running_var, host)
 
     def forward(x: Any, w: Any, b: Any) -> tuple[Any, NF.Saved]:
-        y, saved = NF.batch_norm(x, rm, rv, w, b, training, momentum, eps, backend=be)
+        y, saved = NF.batch_norm(x, rm, rv, w, b, training, momentum, eps, backend=be,
+                                 write_running=False)
         _running(saved, running_mean, running_var)
         return y, saved
 
@@ -219,7 +223,8 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     rm, rv = _arg(running_mean, host), _arg(running_var, host)
 
     def forward(x: Any, w: Any, b: Any) -> tuple[Any, NF.Saved]:
-        y, saved = NF.instance_norm(x, rm, rv, w, b, use_input_stats, momentum, eps, backend=be)
+        y, saved = NF.instance_norm(x, rm, rv, w, b, use_input_stats, momentum, eps, backend=be,
+                                    write_running=False)
         _running(saved, running_mean, running_var)
         return y, saved
 
