@@ -77,6 +77,19 @@ def to_native(x: Any, backend: Any) -> tuple[Any, Back | None]:
     return native, _returner(x, device in _CPU_DEVICES and backend.device != "cpu", backend)
 
 
+def host_view(x: Any) -> np.ndarray | None:
+    """A NumPy view of another library's array in host memory (None for device memory or an
+    array that cannot be exported)."""
+    if _device_type(x) not in _CPU_DEVICES:
+        return None
+    if getattr(x, "requires_grad", False) and hasattr(x, "detach"):
+        x = x.detach()
+    try:
+        return np.from_dlpack(x)
+    except (BufferError, TypeError, ValueError, RuntimeError):
+        return None
+
+
 def _device_type(x: Any) -> int:
     try:
         return int(x.__dlpack_device__()[0])

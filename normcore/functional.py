@@ -170,10 +170,11 @@ def _target(be: Backend, value: Array, what: str) -> Any:
             return None
         kind, target, ok = "backend", value, be.writable(value)
     else:
-        native = value if isinstance(value, np.ndarray) else as_input(value, be, what)
-        if isinstance(native, np.ndarray):  # the caller's memory, seen from the host
-            kind, target, ok = "host", native, native.flags.writeable
+        host = value if isinstance(value, np.ndarray) else _interop.host_view(value)
+        if host is not None:  # the caller's memory, seen from the host
+            kind, target, ok = "host", host, host.flags.writeable
         else:  # a device view of the caller's memory (DLPack)
+            native = as_input(value, be, what)
             kind, target, ok = "backend", native, be.mutable and be.writable(native)
     if not ok:
         raise ValueError(f"{what} is read-only ({type(value).__module__}.{type(value).__name__}), "

@@ -155,3 +155,16 @@ def test_an_immutable_backend_still_writes_the_callers_writable_host_arrays():
     ro.flags.writeable = False
     with pytest.raises(ValueError, match="running_mean is read-only"):
         F.batch_norm(x, ro, rv, training=True, backend=be)
+
+
+def test_an_immutable_backend_writes_torch_running_statistics_in_place():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("jax")
+    x = torch.randn(6, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    want_m, want_v = torch.zeros(3), torch.ones(3)
+    torch.nn.functional.batch_norm(x, want_m, want_v, training=True)
+    y, _ = F.batch_norm(x, rm, rv, training=True, backend="array-api-jax")
+    assert type(y) is torch.Tensor
+    torch.testing.assert_close(rm, want_m)
+    torch.testing.assert_close(rv, want_v)
