@@ -137,3 +137,16 @@ def test_a_torch_device_instance_puts_its_arrays_there():
     be = ArrayAPIBackend("torch", array_device="cpu", name="array-api-torch-cpu")
     w = be.full((2,), 1.0, np.float32)
     assert isinstance(w, torch.Tensor) and w.device.type == "cpu" and be.name == "array-api-torch-cpu"
+
+
+def test_jax_synchronize_waits_for_the_last_result():
+    """JAX dispatches asynchronously: synchronize() blocks on this thread's last kernel result, so
+    a bench or asv timing measures the computation, not the dispatch."""
+    pytest.importorskip("jax")
+
+
+    be = normcore.get_backend("array-api-jax")
+    y, _ = normcore.functional.layer_norm(be.asarray(np.ones((64, 32), np.float32)), 32, backend=be)
+    assert be._last.value is not None
+    be.synchronize()
+    assert be._last.value is None

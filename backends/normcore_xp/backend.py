@@ -30,12 +30,20 @@ import functools
 import importlib
 import importlib.util
 import sys
+import threading
 from typing import Any
 
 import numpy as np
 
 from normcore import DTypeError
-from normcore.backend import KERNELS, Availability, Backend, dropout_keep_mask, dropout_scale
+from normcore.backend import (
+    KERNELS,
+    OPTIONAL_KERNELS,
+    Availability,
+    Backend,
+    dropout_keep_mask,
+    dropout_scale,
+)
 from normcore_xp._xp import (
     FLOATS,
     LIBRARIES,
@@ -82,13 +90,20 @@ class ArrayAPIBackend(Backend):
         self.array_device = array_device
         self._xp: Any = None
         self._compat: Any = None
+        self._last = threading.local()  # JAX: this thread's last result, for synchronize()
 
     def reshape(self, arr: Any, shape: tuple[int, ...]) -> Any:
         """The namespace's ``reshape`` (array-api-strict arrays have no such method)."""
         return self.compat.array_namespace(arr).reshape(arr, shape)
 
     def __getstate__(self) -> dict[str, Any]:  # modules do not pickle; they are found again
-        return {**self.__dict__, "_xp": None, "_compat": None}
+        state = {**self.__dict__, "_xp": None, "_compat": None}
+        state.pop("_last", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._last = threading.local()
 
     def __repr__(self) -> str:
         return f"ArrayAPIBackend({self.library!r}, array_device={self.array_device!r})"
@@ -140,9 +155,15 @@ class ArrayAPIBackend(Backend):
 
     def synchronize(self) -> None:
         """Wait for the device's queued work: torch CUDA/MPS and CuPy synchronize; NumPy and
-        array-api-strict compute eagerly. JAX dispatches asynchronously and keeps no handle on
-        the last result here: a caller timing JAX kernels blocks on their results itself
-        (``jax.block_until_ready(y)``; ``to_numpy`` blocks too)."""
+        array-api-strict compute eagerly. JAX dispatches asynchronously: every kernel keeps its
+        result for this thread, and synchronize() blocks until that result (and so everything
+        it was computed from) is ready."""
+        last = getattr(self._last, "value", None)
+        if last is not None:
+            self._last.value = None
+            import jax
+
+            jax.block_until_ready(last)
         if self.library == "torch" and "torch" in sys.modules:
             torch = sys.modules["torch"]
             if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -413,3 +434,21 @@ strict_backend = functools.partial(ArrayAPIBackend, "array_api_strict")  # array
 torch_backend = functools.partial(ArrayAPIBackend, "torch")  # array-api-torch: CPU tensors by default
 jax_backend = functools.partial(ArrayAPIBackend, "jax")  # array-api-jax
 cupy_backend = functools.partial(ArrayAPIBackend, "cupy")  # array-api-cupy: a GPU backend, named only
+
+
+def _kept(kernel: Any) -> Any:
+    """``kernel`` keeping a JAX result for :meth:`ArrayAPIBackend.synchronize`."""
+
+    @functools.wraps(kernel)
+    def run(self: ArrayAPIBackend, *args: Any) -> Any:
+        out = kernel(self, *args)
+        if self.library == "jax":
+            self._last.value = out
+        return out
+
+    return run
+
+
+for _name in (*KERNELS, *OPTIONAL_KERNELS):
+    if _name in ArrayAPIBackend.__dict__:
+        setattr(ArrayAPIBackend, _name, _kept(ArrayAPIBackend.__dict__[_name]))
