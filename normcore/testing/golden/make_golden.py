@@ -1,68 +1,31 @@
 """Generate the torch golden vectors in ``golden.npz`` (run once; needs torch, which normcore does not).
 
-    python normcore/testing/golden/make_golden.py
+    python normcore/testing/golden/make_golden.py [OUT.npz]
 
 Each case builds a ``torch.nn`` layer with randomized affine parameters, runs three training steps
 (forward + backward with a random grad_output, gradients left to accumulate as in torch) and one
 evaluation step, and stores every input, output, gradient and the state_dict after each step.
 Weight standardization is torch autograd over its formula. The case list is ``CASES`` below and is
-stored in the file too, so the tests need nothing but NumPy to replay it.
+stored in the file too, so the tests need nothing but NumPy to replay it. The cases come from the
+layer table (``golden`` of each row of :mod:`normcore.layers`), in table order.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import torch
 
+from normcore.layers import by_name, golden_cases
+
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _cases() -> list[dict]:
-    cases = []
-
-    def add(layer, shape, steps=3, **kwargs):
-        for dtype in ("float64", "float32"):
-            tag = ",".join(f"{k}={v}" for k, v in kwargs.items())
-            cid = f"{layer}[{'x'.join(map(str, shape))}]({tag})-{dtype}"
-            cases.append({"id": cid, "layer": layer, "shape": list(shape), "kwargs": kwargs,
-                          "dtype": dtype, "steps": steps})
-
-    for layer, shape in (("BatchNorm1d", (6, 3)), ("BatchNorm1d", (4, 3, 5)),
-                         ("BatchNorm2d", (3, 4, 3, 5)), ("BatchNorm3d", (2, 3, 2, 3, 2))):
-        c = shape[1]
-        add(layer, shape, num_features=c)
-        add(layer, shape, num_features=c, momentum=None)
-        add(layer, shape, num_features=c, affine=False, momentum=0.3)
-        add(layer, shape, num_features=c, track_running_stats=False)
-        add(layer, shape, num_features=c, affine=False, track_running_stats=False, eps=1e-3)
-    for layer, shape in (("InstanceNorm1d", (3, 4, 7)), ("InstanceNorm1d", (4, 7)),
-                         ("InstanceNorm2d", (2, 3, 4, 5)), ("InstanceNorm2d", (3, 4, 5)),
-                         ("InstanceNorm3d", (2, 3, 2, 3, 4))):
-        c = shape[-1 - int(layer[-2])]
-        add(layer, shape, num_features=c)
-        add(layer, shape, num_features=c, affine=True)
-        add(layer, shape, num_features=c, affine=True, track_running_stats=True)
-        add(layer, shape, num_features=c, track_running_stats=True, momentum=None)
-    add("LayerNorm", (5, 8), normalized_shape=[8])
-    add("LayerNorm", (2, 3, 4, 5), normalized_shape=[4, 5])
-    add("LayerNorm", (3, 7), normalized_shape=[7], elementwise_affine=False)
-    add("LayerNorm", (3, 2, 6), normalized_shape=[6], bias=False, eps=1e-3)
-    add("GroupNorm", (3, 6, 5), num_groups=3, num_channels=6)
-    add("GroupNorm", (2, 8, 3, 3), num_groups=2, num_channels=8, affine=False)
-    add("GroupNorm", (2, 4, 2, 2, 3), num_groups=4, num_channels=4, eps=1e-2)
-    add("GroupNorm", (4, 6), num_groups=1, num_channels=6)
-    add("RMSNorm", (5, 8), normalized_shape=[8])
-    add("RMSNorm", (2, 3, 4, 5), normalized_shape=[4, 5], eps=1e-4)
-    add("RMSNorm", (3, 6), normalized_shape=[6], elementwise_affine=False)
-    add("WeightStandardization", (4, 3, 3, 3), eps=1e-5)
-    add("WeightStandardization", (5, 2, 3), eps=1e-5, unbiased=True, eps_in_root=False)
-    return cases
-
-
-CASES = _cases()
+#: The case list, from the layer table (normcore/layers.py: each row's ``golden`` configurations).
+CASES = golden_cases()
 
 
 def _ws(w: torch.Tensor, eps: float, unbiased: bool = False, eps_in_root: bool = True):
@@ -90,7 +53,8 @@ def run_case(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     def tensor(offset: float = 0.0, scale: float = 1.0) -> torch.Tensor:
         return torch.tensor(rng.normal(offset, scale, size=shape), dtype=dtype)
 
-    if case["layer"] == "WeightStandardization":
+    row = by_name(case["layer"])
+    if row.functional == "weight_standardization":
         w = tensor(0.3, 2.0).requires_grad_()
         y = _ws(w, **case["kwargs"])
         dy = tensor()
@@ -99,7 +63,7 @@ def run_case(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
                     "step0.y": y.detach().numpy(), "step0.dx": w.grad.numpy()})
         return out
 
-    module = getattr(torch.nn, case["layer"])(**case["kwargs"], dtype=dtype)
+    module = getattr(torch.nn, row.torch)(**case["kwargs"], dtype=dtype)
     with torch.no_grad():
         for name in ("weight", "bias"):
             p = getattr(module, name, None)
@@ -122,7 +86,9 @@ def run_case(case: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return out
 
 
-def main() -> None:
+def main(out: pathlib.Path | None = None) -> None:
+    """Write the vectors to ``out`` (default: ``golden.npz`` beside this script)."""
+    out = out or HERE / "golden.npz"
     torch.manual_seed(0)
     rng = np.random.default_rng(20261123)
     arrays: dict[str, np.ndarray] = {}
@@ -131,9 +97,9 @@ def main() -> None:
             arrays[f"{i}/{k}"] = v
     arrays["cases"] = np.array(json.dumps(CASES))
     arrays["torch_version"] = np.array(torch.__version__)
-    np.savez_compressed(HERE / "golden.npz", **arrays)
-    print(f"wrote {len(CASES)} cases, {len(arrays)} arrays to {HERE / 'golden.npz'}")
+    np.savez_compressed(out, **arrays)
+    print(f"wrote {len(CASES)} cases, {len(arrays)} arrays to {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else None)
