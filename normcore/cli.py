@@ -170,7 +170,8 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
-    from normcore import bench, registry
+    from normcore import _bench_render as _render
+    from normcore import bench, bench_peers, registry
 
     if args.plot:
         try:
@@ -178,8 +179,13 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
         except ImportError:
             out.print("error: --plot needs matplotlib: pip install 'normcore[plot]'", style="red")
             return 2
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu and args.peers:
+        out.print("error: --peers times CPU peers; it does not go with --gpu", style="red")
+        return 2
+    dtypes = args.dtype or (["float32", "float16"] if args.gpu else ["float32"])
     try:
-        cases = bench.default_cases(args.layer, args.dtype or ["float32"], quick=args.quick)
+        cases = bench.default_cases(args.layer, dtypes, quick=args.quick, gpu=args.gpu)
     except (ValueError, TypeError) as exc:
         out.print(f"error: {exc}", style="red")
         return 2
@@ -193,34 +199,25 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            names = [s.name for s in registry.list_backends(check=True) if s.available]
+            names = [s.name for s in registry.list_backends(check=True) if s.available
+                     and (s.device != "cpu") == args.gpu]
+    if args.gpu:
+        why = _render.gpu_unavailable(names)
+        if why:
+            out.print(f"error: --gpu: {why}", style="red")
+            return 2
+    peers = list(bench_peers.PEERS) if args.peers else []
     repeat = args.repeat if args.repeat else (5 if args.quick else 10)
-    cols = bench.columns(names, use_torch=not args.no_torch)
+    cols = bench.columns(names, use_torch=not args.no_torch, device=device)
     threads = bench.thread_count()
-    out.print(f"normcore bench: {len(cases)} cases x {len(cols)} columns ({', '.join(cols)}), "
+    shown = cols + [p for p in peers if not bench_peers.unavailable(p)]
+    out.print(f"normcore bench: {len(cases)} cases x {len(shown)} columns ({', '.join(shown)}), "
               f"{threads} threads, median of up to {repeat} round-robin rounds after warm-up")
-    with out.progress(len(cases) * len(cols), "bench") as bar:
+    with out.progress(len(cases) * len(shown), "bench") as bar:
         report = bench.run(cases, names, repeat=repeat, use_torch=not args.no_torch,
-                           progress=bar.advance)
-    rows = []
-    for r in report.rows:
-        head = [r.layer, "x".join(map(str, r.shape)), r.dtype,
-                "fwd" if r.pass_ == "forward" else "bwd", r.backend]
-        if r.error:
-            rows.append(head + ["error", "", "", "", ""])
-            continue
-        rows.append(head + [_fmt(r.ms, ".3f"), _fmt(r.gbs, ".1f"),
-                     _fmt(None if r.copy_fraction is None else 100 * r.copy_fraction, ".0f", "%"),
-                     _fmt(r.speedup_reference, ".2f", "x"), _fmt(r.speedup_torch, ".2f", "x")])
-    out.table(f"normcore bench ({threads} threads; GB/s counts 2x bytes of x forward, 3x backward;"
-              f" copy = the faster of np.copyto and a parallel copy; the columns are timed"
-              f" round-robin, ratios to copy and torch are medians of per-round ratios)",
-              ["layer", "shape", "dtype", "pass", "backend", "ms", "GB/s", "of copy",
-               f"vs {bench.REFERENCE}", "vs torch"], rows, right=(5, 6, 7, 8, 9))
-    errors = [r for r in report.rows if r.error]
-    for r in {(r.backend, r.error): r for r in errors}.values():
-        out.print(f"{r.backend} failed on {r.layer} {'x'.join(map(str, r.shape))} {r.dtype}: "
-                  f"{r.error}", style="red")
+                           progress=bar.advance, peers=peers, device=device)
+    _render.table(report, out, threads, device)
+    code = _render.check(report, out, args.check)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(report.as_dict(), fh, indent=2)
@@ -228,7 +225,7 @@ def cmd_bench(args: argparse.Namespace, out: _Out) -> int:
     if args.plot:
         bench.plot(report, args.plot)
         out.print(f"saved {args.plot}")
-    return 0
+    return code
 
 
 # ---------------------------------------------------------------------- verify
@@ -292,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time layers forward and backward on each backend",
                        description="Time every layer x shape x dtype on each backend (the numpy "
-                       "reference is always measured, and torch when importable).")
+                       "reference is always measured on CPUs, torch when importable, and ONNX "
+                       "Runtime and JAX with --peers). The layers and shapes come from the layer "
+                       "table, normcore/layers.py.")
     b.add_argument("--backend", action="append", metavar="NAME",
                    help="backend to measure (repeatable or comma separated; default: every "
                    "available backend)")
@@ -304,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=0,
                    help="most timed repeats per measurement (default 10, 5 with --quick)")
     b.add_argument("--no-torch", action="store_true", help="leave out the torch column")
+    b.add_argument("--peers", action="store_true",
+                   help="add ONNX Runtime and JAX columns (those installed), each timed in its "
+                   "own process")
+    b.add_argument("--gpu", action="store_true",
+                   help="time the device backends and torch on a CUDA GPU against a device copy "
+                   "(GPU shapes, float32 and float16; needs CuPy and a CUDA build of torch)")
+    b.add_argument("--check", type=float, metavar="RATIO",
+                   help="exit 1 when a measured backend's geometric-mean speed-up over torch is "
+                   "below RATIO (e.g. 1.0: never slower than torch overall)")
     b.add_argument("--json", metavar="FILE", help="save the results as JSON")
     b.add_argument("--plot", metavar="FILE.png", help="save a grouped bar chart (needs matplotlib)")
 
