@@ -1,0 +1,104 @@
+"""Weight-standardization kernels of the numba-cuda backend: rows ``(R, K)`` standardized by their
+own mean and standard deviation, ``y = (x - mean) / denom``.
+
+``denom`` is ``sqrt(var + eps)`` (``eps_in_root``) or ``sqrt(var) + eps``, with ``var`` the sum of
+squares over ``nd = K - ddof``. Launched like the group-view rows
+(:func:`normcore_cuda._launch.row_launch`): a row group of ``tpr`` threads a row, a fixed grid
+striding over the rows ``niter`` times.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+from ._reduce import _group_sum, _group_sum2, shift_sample
+
+
+def build(acc_t) -> dict:
+    """The weight-standardization kernels accumulating in ``acc_t``, by name."""
+    _sample = shift_sample(acc_t)
+
+    @cuda.jit
+    def rows_forward(x, y, mean_o, denom_o, R, K, nd, eps, eps_in_root, tpr, niter):
+        sh = cuda.shared.array(32, acc_t)
+        zero = acc_t(0.0)
+        one = acc_t(1.0)
+        tid = cuda.threadIdx.x
+        gpb = cuda.blockDim.x // tpr
+        gid = cuda.blockIdx.x * gpb + tid // tpr
+        ngroups = cuda.gridDim.x * gpb
+        lr = tid % tpr
+        for it in range(niter):
+            r = gid + it * ngroups
+            hi = K if r < R else 0
+            base = r * K
+            k = _sample(x, base, r < R, zero)
+            s = zero
+            for i in range(lr, hi, tpr):
+                s += acc_t(x[base + i]) - k
+            mean = k + _group_sum(s, sh, tpr, zero) / acc_t(K)
+            q = zero
+            for i in range(lr, hi, tpr):
+                dv = acc_t(x[base + i]) - mean
+                q += dv * dv
+            v = _group_sum(q, sh, tpr, zero) / nd
+            if eps_in_root:
+                den = math.sqrt(v + eps)
+            else:
+                den = math.sqrt(v) + eps
+            if r < R and lr == 0:
+                mean_o[r] = mean
+                denom_o[r] = den
+            inv = one / den
+            for i in range(lr, hi, tpr):
+                y[base + i] = (acc_t(x[base + i]) - mean) * inv
+
+    @cuda.jit
+    def rows_backward(dy, x, mean, denom, dx, R, K, nd, eps_in_root, tpr, niter):
+        sh = cuda.shared.array(32, acc_t)
+        sh2 = cuda.shared.array(32, acc_t)
+        zero = acc_t(0.0)
+        one = acc_t(1.0)
+        tid = cuda.threadIdx.x
+        gpb = cuda.blockDim.x // tpr
+        gid = cuda.blockIdx.x * gpb + tid // tpr
+        ngroups = cuda.gridDim.x * gpb
+        lr = tid % tpr
+        inv_k = one / acc_t(K)
+        for it in range(niter):
+            r = gid + it * ngroups
+            valid = r < R
+            hi = K if valid else 0
+            base = r * K
+            mu = zero
+            d = one
+            if valid:
+                mu = acc_t(mean[r])
+                d = acc_t(denom[r])
+            sdy = zero
+            sdc = zero
+            scc = zero
+            for i in range(lr, hi, tpr):
+                cv = acc_t(x[base + i]) - mu
+                dyv = acc_t(dy[base + i])
+                sdy += dyv
+                sdc += dyv * cv
+                scc += cv * cv
+            sdy, sdc = _group_sum2(sdy, sdc, sh, sh2, tpr, zero)
+            coef = zero
+            if eps_in_root:
+                coef = sdc / (nd * d * d * d)
+            else:
+                scc = _group_sum(scc, sh, tpr, zero)
+                root = math.sqrt(scc / nd)
+                if root > zero:
+                    coef = sdc / (nd * root * d * d)
+            mdy = sdy * inv_k
+            inv_d = one / d
+            for i in range(lr, hi, tpr):
+                cv = acc_t(x[base + i]) - mu
+                dx[base + i] = (acc_t(dy[base + i]) - mdy) * inv_d - cv * coef
+
+    return {"rows_forward": rows_forward, "rows_backward": rows_backward}
