@@ -26,7 +26,16 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_partials(x, N, C, L, S, ps, pq):
-        """Stage 1 of channel moments: block (c, s) -> shifted sum and sum of squares."""
+        """Stage 1 of channel moments: block ``(c, s)`` -> shifted sum and sum of squares of a slab.
+
+        Block ``(c, s)`` reduces slab ``s`` of the ``N*L`` elements ``(n, l)`` of channel ``c``: its
+        threads stride the slab accumulating ``v = x - shift`` and ``v * v`` (``shift`` a sample of the
+        channel: its first element), the block sums them (:func:`_group_sum2` over the whole block)
+        and thread 0 writes partial ``(s, c)``. When ``L`` is at least a block, the slab is walked run
+        by run of ``L`` contiguous elements (no index division per element).
+
+        Traffic: ``x`` read once, ``2 * S * C`` partials written.
+        """
         sh = cuda.shared.array(32, acc_t)
         sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
@@ -62,7 +71,11 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_finish(x, ps, pq, S, C, L, M, mean_o, var_o):
-        """Stage 2 of channel moments: merge the S partials of each channel, fixed order."""
+        """Stage 2 of channel moments: merge the ``S`` partials of each channel, in a fixed order.
+
+        One thread a channel: ``mean = shift + a / M``, ``var = q / M - (a / M)**2`` (clamped at 0).
+        Traffic: ``2 * S * C`` partials and one sample of each channel read, ``2 * C`` written.
+        """
         c = cuda.grid(1)
         if c < C:
             a = acc_t(0.0)
@@ -80,6 +93,10 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_fold(mean, var, w, b, eps, has_w, has_b, C, scale, shift):
+        """Per-channel ``scale = w * rstd`` and ``shift = b - mean * scale`` for ``channel_apply``.
+
+        One thread a channel; ``C``-sized reads and writes only.
+        """
         c = cuda.grid(1)
         if c < C:
             sc = acc_t(1.0) / math.sqrt(acc_t(var[c]) + eps)
@@ -93,6 +110,15 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_apply(x, y, scale, shift, n, C, L):
+        """``y = x * scale[c] + shift[c]``: the channel normalization, elementwise.
+
+        2-D grid (``L`` at least a block): block rows stride the ``(n, c)`` runs, each reading its
+        channel's two coefficients once, and the blocks along x stride ``l``; else a 1-D grid-stride
+        loop over the elements with ``c = (i // L) % C``.
+
+        Traffic: ``x`` read once, ``y`` written once (the forward in all: ``x`` read twice, with
+        ``channel_partials``).
+        """
         T = cuda.blockDim.x
         if L >= T:  # 2-D grid: (n, c) rows along y, l along x; no per-element division
             for row in range(cuda.blockIdx.y, n // L, cuda.gridDim.y):
@@ -111,7 +137,11 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_bwd_partials(dy, x, mean, N, C, L, S, pw, pb):
-        """Stage 1 of BatchNorm backward: block (c, s) -> sum(dy * (x - mean)) and sum(dy)."""
+        """Stage 1 of BatchNorm backward: block ``(c, s)`` -> ``sum(dy * (x - mean))`` and ``sum(dy)``.
+
+        Slabs, striding and the block sum as in ``channel_partials``. Traffic: ``dy`` and ``x`` read
+        once, ``2 * S * C`` partials written.
+        """
         sh = cuda.shared.array(32, acc_t)
         sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
@@ -149,7 +179,13 @@ def build(acc_t) -> dict:
     @cuda.jit
     def channel_bwd_finish(pw, pb, S, C, M, mean, var, w, eps, has_w, batch_stats,
                            dw_o, db_o, k1, k2, k3):
-        """Stage 2: dweight/dbias and per-channel dx = k1*dy - k2 - (x - mean)*k3."""
+        """Stage 2: dweight/dbias and per-channel dx = k1*dy - k2 - (x - mean)*k3.
+
+        One thread a channel, merging its ``S`` partials in order: ``dweight = sum(dy * xhat)``,
+        ``dbias = sum(dy)``, ``k1 = rstd * w``; with batch statistics ``k2 = k1 * dbias / M`` and
+        ``k3 = rstd * k1 * dweight / M`` (gradient through the mean and variance), else 0.
+        Traffic: ``2 * S * C`` partials read, ``5 * C`` written.
+        """
         c = cuda.grid(1)
         if c < C:
             zero = acc_t(0.0)
@@ -177,6 +213,11 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def channel_bwd_apply(dy, x, mean, k1, k2, k3, dx, n, C, L):
+        """``dx = dy * k1[c] - k2[c] - (x - mean[c]) * k3[c]``, elementwise.
+
+        Grids as in ``channel_apply``. Traffic: ``dy`` and ``x`` read once, ``dx`` written once (the
+        backward in all: ``dy`` and ``x`` read twice, with ``channel_bwd_partials``).
+        """
         T = cuda.blockDim.x
         if L >= T:  # 2-D grid as in channel_apply
             for row in range(cuda.blockIdx.y, n // L, cuda.gridDim.y):
@@ -205,6 +246,12 @@ def build(acc_t) -> dict:
 
 @cuda.jit
 def running_update_kernel(rm, rv, mean, var, nb, nc, momentum, var_correction, out_m, out_v):
+    """``running = (1 - momentum) * running + momentum * batch`` for BatchNorm's running statistics.
+
+    One thread a channel, in float64: ``batch`` is the average over the ``nb`` rows of
+    ``mean``/``var`` (``(nb, C)``, or one row), the variance times ``var_correction``. Traffic:
+    ``2 * (nb + 1) * C`` read, ``2 * C`` written.
+    """
     c = cuda.grid(1)
     if c < nc:
         sm = 0.0

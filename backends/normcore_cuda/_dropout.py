@@ -31,6 +31,11 @@ def _splitmix64(z):
 
 @cuda.jit
 def dropout_kernel(x, y, n, seed, thr, scale):
+    """Inverted dropout: ``y[i] = x[i] * keep(i) * scale``, ``keep(i)`` the counter hash above.
+
+    Grid-stride loop over the elements, computed in float64 and stored in ``y``'s
+    type. Traffic: ``x`` read once, ``y`` written once.
+    """
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, n, stride):

@@ -23,6 +23,19 @@ def build(acc_t) -> dict:
     @cuda.jit
     def group_forward(x, w, b, y, mean_o, var_o, R, M, L, D, G, eps, has_w, has_b, center,
                       tpr, niter):
+        """Forward of the group view: ``y``, and each row's ``mean`` and ``var`` (biased).
+
+        A row group of ``tpr`` threads takes row ``r``; thread ``lr`` of it strides the row by ``tpr``.
+        Pass 1 (``center``) sums ``x - k`` about a sample ``k`` of the row -> ``mean``; pass 2 sums
+        ``(x - mean)**2`` -> ``var`` (each sum: :func:`_group_sum`, every thread gets it; rows past
+        ``R`` take part with no elements, so that every thread reaches the reductions); pass 3 writes
+        ``y = (x - mean) * (rstd * w[g, d]) + b[g, d]``, ``d = i // L``. Thread 0 of the group writes
+        the row's statistics.
+
+        Traffic: ``x`` read three times (twice without ``center``), ``y`` written once, two statistics
+        a row; the re-reads are of the row the same threads just read (L1/L2 while it fits there), and
+        ``w``/``b`` (``G*D`` elements) stay in cache.
+        """
         sh = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
@@ -65,6 +78,21 @@ def build(acc_t) -> dict:
     @cuda.jit
     def group_backward(dy, x, mean, var, w, dx, pw, pb, R, M, L, D, G, eps, has_w, center,
                        fuse, tpr, niter):
+        """Backward of the group view: ``dx``, and (``fuse``) per-row-group partials of dweight/dbias.
+
+        Row group and striding as in ``group_forward``. Pass 1 sums ``g = dy * w`` and ``g * xhat``
+        over the row (:func:`_group_sum2`, one exchange for both); pass 2 writes
+        ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` (``mean(g)`` only with ``center``).
+        ``fuse`` (LayerNorm-like views, ``L == 1`` and ``G == 1``, at most ``LOCAL_COLS`` elements a
+        thread): a thread owns the same columns in every row it handles, so it accumulates their
+        ``dy * xhat`` and ``dy`` in registers (``lw``, ``lb``) over all its rows and writes them once, to
+        row ``gid`` of ``pw``/``pb``; ``column_sum`` finishes them. Otherwise dweight/dbias come from
+        ``group_wb_partials``.
+
+        Traffic: ``dy`` and ``x`` read twice each (the second time from cache while the row fits),
+        ``dx`` written once, two statistics a row read; fused: ``2 * groups * M`` partials written
+        (the grid is about one wave, see ``FUSED_THREADS``).
+        """
         sh = cuda.shared.array(32, acc_t)
         sh2 = cuda.shared.array(32, acc_t)
         lw = cuda.local.array(LOCAL_COLS, acc_t)
@@ -129,7 +157,12 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def column_sum(pw, pb, P, C, dw, db):
-        """dw[c] = sum_p pw[p, c], db likewise; one thread per column, fixed order."""
+        """``dw[c] = sum_p pw[p, c]``, ``db`` likewise: the finish of the dweight/dbias partials.
+
+        One thread a column, summing its ``P`` partials in order in acc precision (deterministic).
+        Traffic: ``2 * P * C`` partials read (coalesced: neighbouring threads read neighbouring
+        columns), ``2 * C`` written.
+        """
         c = cuda.grid(1)
         if c < C:
             sw = acc_t(0.0)
@@ -142,7 +175,17 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def group_wb_partials(dy, x, mean, var, N, C, L, D, G, eps, center, S, pw, pb):
-        """Stage 1 of dweight/dbias of the group view seen as channels c = (g, d): block (c, s)."""
+        """Stage 1 of dweight/dbias of the group view seen as channels ``c = (g, d)``: block ``(c, s)``.
+
+        Block ``(c, s)`` reduces slab ``s`` of the ``N*L`` elements ``(n, l)`` of column ``c``: its
+        threads stride the slab accumulating ``dy * xhat`` and ``dy`` (``xhat`` from the statistics of
+        row ``(n, g)``), the block sums them (:func:`_group_sum2` over the whole block) and thread 0
+        writes partial ``(s, c)``. When ``L`` is at least a block, the slab is walked run by run of ``L``
+        contiguous elements (statistics once a run, no index division per element).
+
+        Traffic: ``dy`` and ``x`` read once more, ``2 * S * C`` partials written (``column_sum``
+        finishes them).
+        """
         sh = cuda.shared.array(32, acc_t)
         sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)

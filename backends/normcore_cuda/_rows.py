@@ -22,6 +22,15 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def rows_forward(x, y, mean_o, denom_o, R, K, nd, eps, eps_in_root, tpr, niter):
+        """Weight standardization forward: ``y = (x - mean) / denom`` and each row's ``mean``, ``denom``.
+
+        A row group of ``tpr`` threads a row, as in the group view. Pass 1 sums ``x - k`` about a
+        sample ``k`` of the row -> ``mean``; pass 2 sums ``(x - mean)**2`` -> ``var`` over ``nd``
+        (:func:`_group_sum`); pass 3 writes ``y``. Thread 0 of the group writes the row's statistics.
+
+        Traffic: ``x`` read three times (re-reads from cache while the row fits), ``y`` written once,
+        two statistics a row.
+        """
         sh = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
@@ -57,6 +66,16 @@ def build(acc_t) -> dict:
 
     @cuda.jit
     def rows_backward(dy, x, mean, denom, dx, R, K, nd, eps_in_root, tpr, niter):
+        """Weight standardization backward: ``dx`` of each row.
+
+        A row group a row. Pass 1 sums ``dy``, ``dy * c`` and ``c * c`` (``c = x - mean``) over the row
+        (:func:`_group_sum2`, and :func:`_group_sum` for ``c * c``, needed only when ``eps`` is outside
+        the root); pass 2 writes ``dx = (dy - mean(dy)) / denom - c * coef``, ``coef`` the derivative
+        through ``denom``.
+
+        Traffic: ``dy`` and ``x`` read twice each (the second time from cache while the row fits),
+        ``dx`` written once, two statistics a row read.
+        """
         sh = cuda.shared.array(32, acc_t)
         sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
