@@ -5,11 +5,14 @@ layer on one backend, i.e. kernel import + JIT compilation or on-disk cache load
 
 The caller sets NUMBA_CACHE_DIR (an empty directory: cold; a pre-warmed one: warm). Importing
 normcore and building the layer happen before the clock starts (import time is its own benchmark).
+A layer not listed in ``LAYERS`` runs its small test configuration from normcore/layers.py.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pathlib
 import sys
 import time
 
@@ -26,11 +29,23 @@ LAYERS = {
 }
 
 
+def _from_table(layer_name: str):
+    """(shape, make) from the row's test configuration in this working tree's layer table."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "normcore" / "layers.py"
+    spec = importlib.util.spec_from_file_location("_normcore_layer_table", path)
+    table = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = table
+    spec.loader.exec_module(table)
+    row = table.by_name(layer_name)
+    kwargs, shape = row.test
+    return shape, lambda nc, be: getattr(nc, row.name)(**kwargs, **row.extra, backend=be)
+
+
 def main(backend_name: str, layer_name: str) -> None:
     import normcore
 
     backend = normcore.get_backend(backend_name)
-    shape, make = LAYERS[layer_name]
+    shape, make = LAYERS[layer_name] if layer_name in LAYERS else _from_table(layer_name)
     layer = make(normcore, backend_name)
     x = backend.asarray(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
     dy = backend.asarray(np.ones(shape, dtype=np.float32))

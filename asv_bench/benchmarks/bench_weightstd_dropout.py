@@ -1,4 +1,5 @@
-"""Weight standardization (functional, per output filter of a conv weight) and Dropout."""
+"""Weight standardization (functional, per output filter of a conv weight) and Dropout. Shapes and
+constructor arguments: the rows of normcore/layers.py whose asv_file is this file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from typing import Any
 import normcore
 
 from ._common import skip
-from ._layers import _LayerBench, _MemoryBench, _ModuleBench, _State
+from ._layers import _LayerBench, _MemoryBench, _State
+from ._table import layer_classes
+
+globals().update(layer_classes("bench_weightstd_dropout", __name__))
+_WeightStandardization: Any = globals()["_WeightStandardization"]
 
 
 def _functional() -> Any:
@@ -17,19 +22,14 @@ def _functional() -> Any:
     return F
 
 
-class _WeightStandardization:
-    # A functional op, not a module: "layer_name" is the attribute checked for existence.
-    layer_name = "functional"
-    # 3x3 convs of a ResNet stage 4 and stage 2, and a 1x1 bottleneck expansion.
-    full_shapes = [(512, 512, 3, 3), (128, 128, 3, 3), (2048, 512, 1, 1)]
-    quick_shapes = [(64, 32, 3, 3)]
+class WeightStandardization(_WeightStandardization, _LayerBench):
+    """The functional op (``layer_name`` "functional": the attribute checked for existence); the
+    "layer" ``build`` returns is the backend itself."""
 
     def build(self, backend: Any, shape: tuple[int, ...], dtype: str) -> Any:
         _functional()
         return backend  # the functional op runs on the backend directly
 
-
-class WeightStandardization(_WeightStandardization, _LayerBench):
     def forward(self, st: _State) -> Any:
         _, saved = normcore.functional.weight_standardization(st.x, backend=st.layer)
         return saved
@@ -45,6 +45,10 @@ class WeightStandardization(_WeightStandardization, _LayerBench):
 
 
 class WeightStandardizationMemory(_WeightStandardization, _MemoryBench):
+    def build(self, backend: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        _functional()
+        return backend
+
     def step(self, backend: Any, x: Any, dy: Any) -> Any:
         F = normcore.functional
         _, saved = F.weight_standardization(x, backend=backend)
@@ -52,20 +56,3 @@ class WeightStandardizationMemory(_WeightStandardization, _MemoryBench):
 
     def peakmem_forward(self, backend: str, shape: tuple[int, ...], dtype: str) -> None:
         normcore.functional.weight_standardization(self.x, backend=self.module)
-
-
-class _Dropout:
-    layer_name = "Dropout"
-    full_shapes = [(8192, 1024), (32, 64, 56, 56)]
-    quick_shapes = [(256, 256)]
-
-    def build(self, backend: Any, shape: tuple[int, ...], dtype: str) -> Any:
-        return normcore.Dropout(0.1, seed=0, backend=backend, dtype=dtype)
-
-
-class Dropout(_Dropout, _ModuleBench):
-    pass
-
-
-class DropoutMemory(_Dropout, _MemoryBench):
-    pass
