@@ -206,6 +206,9 @@ def _ort_timers(case: Any, x: np.ndarray, dy: np.ndarray, threads: int) -> tuple
         op, opset = "RMSNormalization", 23
         attrs["axis"] = -w.ndim
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(case.dtype))
+    if op in ("LayerNormalization", "GroupNormalization", "RMSNormalization") and \
+            case.dtype == "float64":
+        attrs["stash_type"] = elem  # statistics in float64 (the default stashes float32)
     node = helper.make_node(op, ["x"] + [n for n, _ in inputs], ["y"], **attrs)
     graph = helper.make_graph(
         [node], name, [helper.make_tensor_value_info("x", elem, list(x.shape))],

@@ -12,7 +12,8 @@ input shape (torch's keyword arguments, so the same call builds both), and lists
   ``asv_file`` (asv keys its history by file, class and parameters: keep them as they are);
 * ``golden``: the configurations ``make_golden.py`` records from torch (order matters: the random
   inputs are drawn case after case);
-* ``test``: one small configuration for the parametrized tests.
+* ``test``: one small configuration for the parametrized tests (with parameters, and running
+  statistics where the layer has them).
 
 Only the standard library is imported here (no NumPy, no torch).
 
@@ -135,7 +136,8 @@ LAYERS: tuple[Layer, ...] = (
           golden=_in_golden(2, (2, 3, 4, 5), (3, 4, 5)),
           test=Config({"num_features": 4, **_TRACKED}, (3, 4, 5, 5))),
     Layer("InstanceNorm3d", "InstanceNorm3d", _features,
-          golden=_in_golden(3, (2, 3, 2, 3, 4)), test=Config({"num_features": 2}, (2, 2, 3, 3, 3))),
+          golden=_in_golden(3, (2, 3, 2, 3, 4)),
+          test=Config({"num_features": 2, **_TRACKED}, (2, 2, 3, 3, 3))),
     Layer("LayerNorm", "LayerNorm", _last,
           # BERT-large-ish (8192 tokens x 1024), ViT-B/16 at batch 64 (12544 x 768), 4096 wide
           bench=((8192, 1024), (12544, 768), (4096, 4096)), bench_quick=((256, 256),),

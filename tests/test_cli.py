@@ -254,3 +254,103 @@ def test_bench_plot(tmp_path):
     code = cli.main(["--plain", "bench", "--quick", "--backend", BACKEND, "--layer", "rmsnorm",
                      "--repeat", "1", "--no-torch", "--plot", str(path)])
     assert code == 0 and path.stat().st_size > 0
+
+
+# ---------------------------------------------------------------------- peers, --gpu, --check
+@pytest.mark.parametrize("peer", ["onnxruntime", "jax"])
+def test_bench_peer_column_from_its_own_process(peer):
+    """One tiny case through the peer's process: its rows, the ratios beside normcore's, and its
+    forward equal to the reference's (the peer computes the same thing)."""
+    from normcore import bench_peers
+
+    if bench_peers.unavailable(peer):
+        pytest.skip(bench_peers.unavailable(peer))
+    cases = bench.default_cases(["layernorm"], quick=True)
+    report = bench.run(cases, [BACKEND], repeat=2, use_torch=False, peers=[peer])
+    rows = {(r.backend, r.pass_): r for r in report.rows}
+    assert rows[(peer, "forward")].ms > 0 and not rows[(peer, "forward")].error
+    assert ((peer, "backward") in rows) == (peer == "jax")  # ONNX Runtime: inference only
+    assert rows[(BACKEND, "forward")].speedup_peers[peer] > 0
+    assert bench_peers.NOTES[peer] in report.notes
+    err = report.peer_max_abs_err[peer][cases[0].label]
+    assert 0 <= err < 1e-4
+    assert not any("differs" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("peer", ["onnxruntime", "jax"])
+def test_bench_peer_process_json(peer):
+    """The peer process's messages: timings per pass, nothing where the peer has no counterpart
+    (training-mode BatchNorm in ONNX Runtime), and the forward checked against the reference."""
+    from normcore import bench_peers
+
+    if bench_peers.unavailable(peer):
+        pytest.skip(bench_peers.unavailable(peer))
+    cases = [bench.BenchCase("batchnorm2d-nhwc", (2, 4, 3, 3)),
+             bench.BenchCase("groupnorm", (2, 64, 2, 2), "float64")]
+    seen: list[str] = []
+    msgs = bench_peers.measure(peer, cases, threads=1, repeat=2, progress=seen.append)
+    assert len(seen) == len(cases) and all(peer in s for s in seen)
+    assert all("error" not in m for m in msgs), msgs
+    if peer == "onnxruntime":  # no training BatchNorm, no NHWC
+        assert msgs[0]["timings"] == {}
+        assert list(msgs[1]["timings"]) == ["forward"]
+    else:
+        assert all(set(m["timings"]) == {"forward", "backward"} for m in msgs)
+    for m in msgs:
+        if m["timings"]:
+            assert all(len(r) >= 2 and min(r) > 0 for r in m["timings"].values())
+            assert m["max_abs_err"] < 1e-4
+    assert msgs[1]["max_abs_err"] < 1e-10  # float64 statistics in float64
+
+
+def test_bench_missing_peer_is_a_note(monkeypatch, capsys):
+    from normcore import bench_peers
+
+    monkeypatch.setattr(bench_peers, "unavailable", lambda peer: "not installed (test)")
+    code = cli.main(["--plain", "bench", "--quick", "--backend", BACKEND, "--layer", "rmsnorm",
+                     "--repeat", "2", "--no-torch", "--peers"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "note: onnxruntime column left out: not installed (test)" in out
+    assert "note: jax column left out: not installed (test)" in out
+    assert "vs ort" not in out and "vs jax" not in out
+
+
+def test_bench_gpu_refusals(capsys):
+    assert cli.main(["--plain", "bench", "--gpu", "--peers"]) == 2
+    assert "--peers times CPU peers" in capsys.readouterr().out
+    assert cli.main(["--plain", "bench", "--gpu", "--layer", "groupnorm"]) == 2
+    assert "has no GPU shapes" in capsys.readouterr().out
+    code = cli.main(["--plain", "bench", "--gpu", "--quick", "--backend", BACKEND])
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "error: --gpu:" in out  # no CuPy here, or numpy is a CPU backend
+
+
+def test_bench_check_gate(capsys):
+    """--check RATIO: the geometric mean over forward and backward of each gated backend."""
+    from normcore import _bench_render
+
+    def row(backend, pass_, vs_torch):
+        return bench.BenchRow("LayerNorm", (4, 4), "float32", backend, pass_, ms=1.0,
+                              speedup_torch=vs_torch)
+
+    report = bench.BenchReport(rows=[row("numpy", "forward", 0.01), row("fast", "forward", 2.0),
+                                     row("fast", "backward", 0.5), row("torch", "forward", 1.0)])
+    assert bench.summary(report)["fast"] == {"vs torch forward": 2.0, "vs torch backward": 0.5,
+                                             "vs torch all": pytest.approx(1.0)}
+    out = cli._Out(plain=True)
+    assert _bench_render.check(report, out, 0.99) == 0  # the reference and torch are not gated
+    assert _bench_render.check(report, out, 1.01) == 1
+    text = capsys.readouterr().out
+    assert "check passed: fast is 1.00x torch" in text and "check FAILED: fast is 1.00x" in text
+    assert _bench_render.check(report, out, None) == 0
+
+
+def test_bench_check_from_the_command_line(capsys):
+    code = cli.main(["--plain", "bench", "--quick", "--backend", "example", "--layer", "rmsnorm",
+                     "--repeat", "2", "--no-torch", "--check", "1.0"])
+    assert code == 1  # nothing to compare with is a failed gate, not a pass
+    out = capsys.readouterr().out
+    assert "check: example has no torch ratio to check" in out
+    assert "geometric mean, example: vs reference" in out

@@ -6,26 +6,31 @@ import numpy as np
 import pytest
 
 import normcore
+from normcore import layers
 
+#: Every normalization module of the layer table (normcore/layers.py), in its small test
+#: configuration, plus variants of other ranks: name -> (factory of a backend, input shape).
 ALL_LAYERS = {
-    "BatchNorm1d": (lambda b: normcore.BatchNorm1d(3, backend=b), (4, 3)),
-    "BatchNorm2d": (lambda b: normcore.BatchNorm2d(3, backend=b), (2, 3, 2, 2)),
-    "BatchNorm3d": (lambda b: normcore.BatchNorm3d(3, backend=b), (2, 3, 2, 2, 2)),
-    "InstanceNorm2d": (lambda b: normcore.InstanceNorm2d(3, affine=True, track_running_stats=True,
-                                                         backend=b), (2, 3, 2, 3)),
-    "LayerNorm": (lambda b: normcore.LayerNorm((2, 3), backend=b), (4, 2, 3)),
-    "GroupNorm": (lambda b: normcore.GroupNorm(2, 4, backend=b), (2, 4, 3)),
-    "RMSNorm": (lambda b: normcore.RMSNorm(5, backend=b), (3, 5)),
+    **{row.name: ((lambda b, row=row: getattr(normcore, row.name)(**row.test.kwargs, backend=b)),
+                  row.test.shape) for row in layers.modules()},
+    "BatchNorm1d-2d": (lambda b: normcore.BatchNorm1d(3, backend=b), (4, 3)),
+    "GroupNorm-3d": (lambda b: normcore.GroupNorm(2, 4, backend=b), (2, 4, 3)),
+    "RMSNorm-2d": (lambda b: normcore.RMSNorm(5, backend=b), (3, 5)),
 }
 
 STATE_KEYS = {
     "BatchNorm1d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
     "BatchNorm2d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
     "BatchNorm3d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
+    "InstanceNorm1d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
     "InstanceNorm2d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
+    "InstanceNorm3d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
     "LayerNorm": ["bias", "weight"],
     "GroupNorm": ["bias", "weight"],
     "RMSNorm": ["weight"],
+    "BatchNorm1d-2d": ["bias", "num_batches_tracked", "running_mean", "running_var", "weight"],
+    "GroupNorm-3d": ["bias", "weight"],
+    "RMSNorm-2d": ["weight"],
 }
 
 

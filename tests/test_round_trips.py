@@ -8,19 +8,14 @@ import pytest
 
 import normcore
 from normcore import functional as F
+from normcore import layers
 
 torch = pytest.importorskip("torch")
 
-LAYERS = [
-    ("BatchNorm1d", dict(num_features=4), (6, 4, 3)),
-    ("BatchNorm2d", dict(num_features=4), (3, 4, 5, 5)),
-    ("BatchNorm3d", dict(num_features=2), (2, 2, 3, 3, 3)),
-    ("InstanceNorm1d", dict(num_features=4, affine=True, track_running_stats=True), (3, 4, 7)),
+#: Every normalization module of the layer table in its test configuration, plus variants.
+LAYERS = [(row.name, row.test.kwargs, row.test.shape) for row in layers.modules()] + [
     ("InstanceNorm2d", dict(num_features=4, affine=True), (3, 4, 5, 5)),
     ("InstanceNorm3d", dict(num_features=2), (2, 2, 3, 3, 3)),
-    ("LayerNorm", dict(normalized_shape=[5, 5]), (3, 4, 5, 5)),
-    ("GroupNorm", dict(num_groups=2, num_channels=4), (3, 4, 5, 5)),
-    ("RMSNorm", dict(normalized_shape=[5]), (3, 4, 5)),
 ]
 IDS = [n for n, _, _ in LAYERS]
 
