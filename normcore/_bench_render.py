@@ -1,5 +1,5 @@
 """Rendering of ``normcore bench`` reports: the table, the geometric-mean summary (what
-tools/perf_check.py printed), the ``--check`` gate and the plot. :mod:`normcore.bench` measures;
+the former tools/perf_check.py printed), the ``--check`` gate and the plot. :mod:`normcore.bench` measures;
 :mod:`normcore.cli` parses arguments and calls these with its output object.
 """
 
@@ -21,7 +21,7 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def summary(report: Any) -> dict[str, dict[str, float]]:
     """Per column, geometric means over the report's rows of its speed-up over torch (forward,
-    backward, all) and over the reference, as ``tools/perf_check.py`` summarized."""
+    backward, all) and over the reference, as the former tools/perf_check.py summarized."""
     out: dict[str, dict[str, float]] = {}
     for col in dict.fromkeys(r.backend for r in report.rows):
         mine = [r for r in report.rows if r.backend == col and not r.error]

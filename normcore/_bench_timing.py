@@ -130,7 +130,7 @@ def device_copy_timer(x: Any) -> Timer:
 
 def alloc_timer(x: np.ndarray) -> Timer:
     """``x.copy()``: a fresh array each call, page faults included; the floor of any kernel that
-    returns a new array (tools/perf_check.py's "+alloc" column, reported in the JSON)."""
+    returns a new array (the former tools/perf_check.py's "+alloc" column; in the JSON as alloc_ms)."""
     return Timer(lambda: x.copy())
 
 
