@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint test-cudasim bench bench-history asv-check clean digits
+.PHONY: setup run test lint test-cudasim bench bench-peers bench-history asv-check clean digits
 
 $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.toml \
 		examples/normcore-broken-backend/pyproject.toml
@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile examples/normcore-example-backend/pyproject.to
 	@# The array-api backends' libraries (jax from PyPI is CPU-only); each one missing only marks
 	@# its backend unavailable (array-api-torch uses the torch above).
 	$(BIN)/python -m pip install -q array-api-compat array-api-strict jax || echo "array-api-strict or jax unavailable: the array-api-strict and array-api-jax backends will be unavailable"
+	@# `normcore bench --peers`: ONNX Runtime's column (JAX's comes from the line above); missing,
+	@# the column is left out with a note and the tests of that peer are skipped.
+	$(BIN)/python -m pip install -q onnx onnxruntime || echo "onnx or onnxruntime unavailable: normcore bench --peers will have no ONNX Runtime column"
 	@# SyncBatchNorm over MPI (mpi4py and the MPICH library, both wheels); missing, the tests
 	@# that launch mpiexec are skipped.
 	$(BIN)/python -m pip install -q "mpi4py>=4" mpich || echo "mpi4py or mpich unavailable: the SyncBatchNorm tests under mpiexec will be skipped"
@@ -36,6 +39,10 @@ setup: $(STAMP)
 
 run: setup
 	$(BIN)/normcore bench
+
+# normcore against what a user would pick instead: torch, ONNX Runtime and JAX columns.
+bench-peers: setup
+	$(BIN)/normcore bench --peers
 
 bench: run
 
