@@ -230,3 +230,16 @@ def test_inplace_dropout_on_a_read_only_input_changes_nothing(backend):
     assert drop.rng.bit_generator.state == state
     with pytest.raises(RuntimeError, match="before forward"):
         drop.backward(np.ones(16, np.float32))
+
+
+def test_a_read_only_input_is_read_not_refused(backend):
+    """Only in-place writes need a writable array (the CUDA simulator's device arrays wrote into
+    the host array they wrapped, and a read-only input failed there)."""
+    x = f32(4, 8)
+    x.flags.writeable = False
+    want = normcore.to_numpy(normcore.LayerNorm(8, backend="numpy")(x))
+    ln = normcore.LayerNorm(8, backend=backend)
+    np.testing.assert_allclose(normcore.to_numpy(ln(x)), want, rtol=1e-5, atol=1e-5)
+    dy = np.ones((4, 8), np.float32)
+    dy.flags.writeable = False
+    assert normcore.to_numpy(ln.backward(dy)).shape == (4, 8)

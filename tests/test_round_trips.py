@@ -111,6 +111,8 @@ def test_dropout_follows_the_input_and_inplace_writes_the_tensor(backend):
 
 
 def test_a_device_array_on_a_cpu_backend_names_the_way_out(backend):
+    if normcore.get_backend(backend).device != "cpu":
+        pytest.skip("a device backend takes device arrays")
     class OnCuda:
         dtype = np.dtype(np.float32)
 

@@ -35,6 +35,12 @@ def _simulator() -> bool:
         return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 
 
+def _writable_host(a: np.ndarray) -> np.ndarray:
+    """The simulator's device arrays write into the host arrays they wrap: a read-only input (a
+    user's read-only view, a JAX array's memory) is copied first (what a real GPU does anyway)."""
+    return a if a.flags.writeable else a.copy()
+
+
 def _acc_dtype(dtype: Any) -> type:
     """Accumulator: float32 for float16 input, float64 for float32/float64 input."""
     return np.float32 if np.dtype(dtype) == np.float16 else np.float64
@@ -160,8 +166,10 @@ class CudaBackend(Backend):
 
     # -------------------------------------------------------------- helpers
     def _flat(self, a: Any) -> Any:
-        """A flat C-contiguous view; copies (on the device) only a non-contiguous input."""
-        return self._xp.ascontiguousarray(a).reshape(-1)
+        """A flat C-contiguous view; copies (on the device) only a non-contiguous input (and,
+        under the simulator, a read-only one: see :func:`_writable_host`)."""
+        flat = self._xp.ascontiguousarray(a).reshape(-1)
+        return _writable_host(flat) if _simulator() else flat
 
     def _empty(self, n: int, dtype: Any) -> Any:
         return self._xp.empty(n, dtype=dtype)
