@@ -136,14 +136,11 @@ def _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v):
 
 
 @helper
-def _per_column(v, inner):
-    """A per-channel vector repeated per column (column j in channel j // inner)."""
-    if inner == 1:
-        return v
-    out = np.empty(v.shape[0] * inner)
+def _per_column(v, inner, out):
+    """out[j] = v[j // inner]: a per-channel vector per column, in out's dtype (x's: the maps
+    then run in x's precision, float32 lanes for float32 input)."""
     for j in range(out.shape[0]):
         out[j] = v[j // inner]
-    return out
 
 
 @helper
@@ -190,16 +187,16 @@ def _sums_ncl(blk, nblk, x, pieces, k, p1, p2):
 
 
 @helper
-def _map_ncl(blk, nblk, x, pieces, mu, a, s, y):
+def _map_ncl(blk, nblk, x, pieces, cx, y):
     n_, c_, l_ = x.shape
     units = n_ * c_ * pieces
     for u in range(blk * units // nblk, (blk + 1) * units // nblk):
         n, c, lo, hi = _piece(u, pieces, c_, l_)
         xr = x[n, c]
         yr = y[n, c]
-        m, f, t = mu[c], a[c], s[c]
+        m, f, t = cx[0, c], cx[1, c], cx[2, c]
         for i in range(lo, hi):
-            yr[i] = (np.float64(xr[i]) - m) * f + t
+            yr[i] = (xr[i] - m) * f + t
 
 
 @helper
@@ -214,7 +211,7 @@ def _dot_ncl(blk, nblk, dy, x, pieces, mu, p1, p2):
 
 
 @helper
-def _grad_ncl(blk, nblk, dy, x, pieces, mu, a, k2, k3, dx):
+def _grad_ncl(blk, nblk, dy, x, pieces, cx, dx):
     n_, c_, l_ = x.shape
     units = n_ * c_ * pieces
     for u in range(blk * units // nblk, (blk + 1) * units // nblk):
@@ -222,9 +219,9 @@ def _grad_ncl(blk, nblk, dy, x, pieces, mu, a, k2, k3, dx):
         dyr = dy[n, c]
         xr = x[n, c]
         dxr = dx[n, c]
-        m, f, g, h = mu[c], a[c], k2[c], k3[c]
+        m, f, g, h = cx[0, c], cx[1, c], cx[2, c], cx[3, c]
         for i in range(lo, hi):
-            dxr[i] = f * np.float64(dyr[i]) - g * (np.float64(xr[i]) - m) - h
+            dxr[i] = f * dyr[i] - g * (xr[i] - m) - h
 
 
 # ---------------------------------------------------------------- block bodies, layout cols
@@ -244,13 +241,14 @@ def _sums_cols(blk, nblk, x, kc, p1, p2):
 
 
 @helper
-def _map_cols(blk, nblk, x, mc, ac, sc, y):
+def _map_cols(blk, nblk, x, cx, y):
     r_, q_ = x.shape
+    mc, ac, sc = cx[0], cx[1], cx[2]
     for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
         xr = x[r]
         yr = y[r]
         for j in range(q_):
-            yr[j] = (np.float64(xr[j]) - mc[j]) * ac[j] + sc[j]
+            yr[j] = (xr[j] - mc[j]) * ac[j] + sc[j]
 
 
 @helper
@@ -268,26 +266,29 @@ def _dot_cols(blk, nblk, dy, x, mc, p1, p2):
 
 
 @helper
-def _grad_cols(blk, nblk, dy, x, mc, ac, k2c, k3c, dx):
+def _grad_cols(blk, nblk, dy, x, cx, dx):
     r_, q_ = x.shape
+    mc, ac, k2c, k3c = cx[0], cx[1], cx[2], cx[3]
     for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
         dyr = dy[r]
         xr = x[r]
         dxr = dx[r]
         for j in range(q_):
-            dxr[j] = ac[j] * np.float64(dyr[j]) - k2c[j] * (np.float64(xr[j]) - mc[j]) - k3c[j]
+            dxr[j] = ac[j] * dyr[j] - k2c[j] * (xr[j] - mc[j]) - k3c[j]
 
 
 # ---------------------------------------------------------------- kernels
 
 
-# Partials (zeroed, (nblk, C) or (nblk, Q) float64) are allocated by the caller: an np.zeros in
-# a kernel compiles an overload of its own in every process that compiles.
+# Partials (zeroed, (nblk, C) or (nblk, Q) float64) and the maps' coefficient rows ``cx``
+# ((3 or 4, C) or (3 or 4, Q) in x's dtype) are allocated by the caller: an np.zeros in a kernel
+# compiles an overload of its own in every process that compiles. The maps run in x's dtype
+# (float32 lanes for float32 input: twice the float64 ones), their coefficients rounded once.
 
 
 @kernel
 def forward_ncl(nblk, x, pieces, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v,
-                p1, p2):
+                p1, p2, cx):
     """Statistics of (N, C, L) x, then (when y is not empty) y = normalized x, then (when rm is
     not empty) the running update into out_m/out_v. Returns float64 (mean, var)."""
     n_, c_, l_ = x.shape
@@ -299,22 +300,28 @@ def forward_ncl(nblk, x, pieces, eps, w, b, y, narrow, rm, rv, momentum, corr, o
     mean, var = _moments(p1, p2, k, 1, n_ * l_)
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
+        _per_column(mu, 1, cx[0])
+        _per_column(a, 1, cx[1])
+        _per_column(s, 1, cx[2])
         for blk in prange(nblk):
-            _map_ncl(blk, nblk, x, pieces, mu, a, s, y)
+            _map_ncl(blk, nblk, x, pieces, cx, y)
     _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v)
     return mean, var
 
 
 @kernel
-def normalize_ncl(nblk, x, pieces, mean, var, eps, w, b, y):
+def normalize_ncl(nblk, x, pieces, mean, var, eps, w, b, y, cx):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * w[c] + b[c] over (N, C, L)."""
     mu, a, s = _affine(mean, var, eps, w, b, False)
+    _per_column(mu, 1, cx[0])
+    _per_column(a, 1, cx[1])
+    _per_column(s, 1, cx[2])
     for blk in prange(nblk):
-        _map_ncl(blk, nblk, x, pieces, mu, a, s, y)
+        _map_ncl(blk, nblk, x, pieces, cx, y)
 
 
 @kernel
-def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2):
+def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2, cx):
     """dx into dx (when not empty); returns float64 (dweight, sum(dy), sum(dy * (x - mu))),
     sum(dy) being dbias."""
     n_, c_, l_ = x.shape
@@ -324,55 +331,68 @@ def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2
     s_dyx = _totals(p2, 1, c_)
     dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, n_ * l_, batch_stats)
     if dx.size:
+        _per_column(mean, 1, cx[0])
+        _per_column(a, 1, cx[1])
+        _per_column(k2, 1, cx[2])
+        _per_column(k3, 1, cx[3])
         for blk in prange(nblk):
-            _grad_ncl(blk, nblk, dy, x, pieces, mean, a, k2, k3, dx)
+            _grad_ncl(blk, nblk, dy, x, pieces, cx, dx)
     return dweight, s_dy, s_dyx
 
 
 @kernel
 def forward_cols(nblk, x, inner, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v,
-                 p1, p2):
+                 p1, p2, cx):
     """forward_ncl for the (R, Q) column view (column j in channel j // inner)."""
     r_, q_ = x.shape
     c_ = q_ // inner
     k = np.empty(c_)
     for c in range(c_):
         k[c] = _shift(x[0, c * inner])
-    kc = _per_column(k, inner)
+    kc = np.empty(q_)
+    _per_column(k, inner, kc)
     for blk in prange(nblk):
         _sums_cols(blk, nblk, x, kc, p1, p2)
     mean, var = _moments(p1, p2, k, inner, r_ * inner)
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
-        mc, ac, sc = _per_column(mu, inner), _per_column(a, inner), _per_column(s, inner)
+        _per_column(mu, inner, cx[0])
+        _per_column(a, inner, cx[1])
+        _per_column(s, inner, cx[2])
         for blk in prange(nblk):
-            _map_cols(blk, nblk, x, mc, ac, sc, y)
+            _map_cols(blk, nblk, x, cx, y)
     _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v)
     return mean, var
 
 
 @kernel
-def normalize_cols(nblk, x, inner, mean, var, eps, w, b, y):
+def normalize_cols(nblk, x, inner, mean, var, eps, w, b, y, cx):
     """normalize_ncl for the (R, Q) column view."""
     mu, a, s = _affine(mean, var, eps, w, b, False)
-    mc, ac, sc = _per_column(mu, inner), _per_column(a, inner), _per_column(s, inner)
+    _per_column(mu, inner, cx[0])
+    _per_column(a, inner, cx[1])
+    _per_column(s, inner, cx[2])
     for blk in prange(nblk):
-        _map_cols(blk, nblk, x, mc, ac, sc, y)
+        _map_cols(blk, nblk, x, cx, y)
 
 
 @kernel
-def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2):
+def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2, cx):
     """backward_ncl for the (R, Q) column view."""
     r_, q_ = x.shape
     c_ = q_ // inner
-    mc = _per_column(mean, inner)
+    mc = np.empty(q_)
+    _per_column(mean, inner, mc)
     for blk in prange(nblk):
         _dot_cols(blk, nblk, dy, x, mc, p1, p2)
     s_dy = _totals(p1, inner, c_)
     s_dyx = _totals(p2, inner, c_)
     dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, r_ * inner, batch_stats)
     if dx.size:
-        ac, k2c, k3c = _per_column(a, inner), _per_column(k2, inner), _per_column(k3, inner)
+        _per_column(mean, inner, cx[0])
+        _per_column(a, inner, cx[1])
+        _per_column(k2, inner, cx[2])
+        _per_column(k3, inner, cx[3])
         for blk in prange(nblk):
-            _grad_cols(blk, nblk, dy, x, mc, ac, k2c, k3c, dx)
+            _grad_cols(blk, nblk, dy, x, cx, dx)
     return dweight, s_dy, s_dyx

@@ -62,6 +62,13 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
+def _as(a: Any, dtype: np.dtype) -> np.ndarray:
+    """A parameter as a contiguous array of ``dtype`` (no copy when it already is one)."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def _partials(nblk: int, *shape: int) -> tuple[np.ndarray, np.ndarray]:
     """Two zeroed float64 (nblk, *shape) arrays: each block's partial sums."""
     return np.zeros((nblk, *shape)), np.zeros((nblk, *shape))
@@ -135,10 +142,11 @@ class NumbaBackend(Backend):
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), _f64(bias))
         if p.layout == "cols":
             y2, y = _cols_out(x.shape, x.dtype, p.inner)
-            k.normalize_cols.run(p.nblk, _cols(x, p.inner), p.inner, *args, y2)
+            x2 = _cols(x, p.inner)
+            k.normalize_cols.run(p.nblk, x2, p.inner, *args, y2, np.empty((3, x2.shape[1]), x.dtype))
         else:
             y = _out(x.shape, x.dtype)
-            k.normalize_ncl.run(p.nblk, x, p.pieces, *args, y)
+            k.normalize_ncl.run(p.nblk, x, p.pieces, *args, y, np.empty((3, x.shape[1]), x.dtype))
         return y.astype(orig, copy=False)
 
     def channel_moments_normalize(self, x3, eps, weight, bias):
@@ -170,11 +178,13 @@ class NumbaBackend(Backend):
                      else (np.empty((0, 0), x.dtype), None))
             x2 = _cols(x, p.inner)
             mean, var = k.forward_cols.run(p.nblk, x2, p.inner, eps, _f64(weight), _f64(bias), y2,
-                                           narrow, *upd, *_partials(p.nblk, x2.shape[1]))
+                                           narrow, *upd, *_partials(p.nblk, x2.shape[1]),
+                                           np.empty((3, x2.shape[1]), x.dtype))
         else:
             y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _f64(weight), _f64(bias), y,
-                                          narrow, *upd, *_partials(p.nblk, x.shape[1]))
+                                          narrow, *upd, *_partials(p.nblk, x.shape[1]),
+                                          np.empty((3, x.shape[1]), x.dtype))
             y = y if normalize else None
         sd = _stat_dtype(x.dtype)
         out = (None if y is None else y.astype(orig, copy=False), mean.astype(sd), var.astype(sd))
@@ -190,9 +200,9 @@ class NumbaBackend(Backend):
         return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
 
     def channel_backward_sums(self, dy3, x3, mean, var, eps):
-        _, _, s_dy, s_dyx = self._backward(dy3, x3, mean, var, eps, None, False, False)
+        _, sum_dy_xhat, sum_dy, _ = self._backward(dy3, x3, mean, var, eps, None, False, False)
         sd = _stat_dtype(_widen(x3).dtype)
-        return s_dy.astype(sd), s_dyx.astype(sd)
+        return sum_dy.astype(sd), sum_dy_xhat.astype(sd)
 
     def _backward(self, dy3, x3, mean, var, eps, weight, batch_stats, want_dx):
         """(dx or None, dweight, sum(dy), sum(dy * (x - mean))), the last three float64."""
@@ -206,11 +216,13 @@ class NumbaBackend(Backend):
                        else (np.empty((0, 0), x.dtype), None))
             x2 = _cols(x, p.inner)
             dweight, s_dy, s_dyx = k.backward_cols.run(p.nblk, _cols(dy, p.inner), x2, p.inner,
-                                                       *args, dx2, *_partials(p.nblk, x2.shape[1]))
+                                                       *args, dx2, *_partials(p.nblk, x2.shape[1]),
+                                                       np.empty((4, x2.shape[1]), x.dtype))
         else:
             dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
             dweight, s_dy, s_dyx = k.backward_ncl.run(p.nblk, dy, x, p.pieces, *args, dx,
-                                                      *_partials(p.nblk, x.shape[1]))
+                                                      *_partials(p.nblk, x.shape[1]),
+                                                      np.empty((4, x.shape[1]), x.dtype))
         return dx, dweight, s_dy, s_dyx
 
     def running_update(self, running_mean, running_var, mean, var, momentum, var_correction):
@@ -227,13 +239,14 @@ class NumbaBackend(Backend):
         """(x, w, b) as the group kernels take them: for ``flat``, (N, G, D * L) x and (G, D * L)
         parameters (repeated along L); for ``lines`` x as it is and (G, D) parameters."""
         n, g, d, l_ = x.shape
-        w = np.ones((g, d)) if weight is None else _f64(weight).reshape(g, d)
-        b = None if bias is None else _f64(bias).reshape(g, d)
+        # parameters in x's dtype: the maps run in it (see _group)
+        w = np.ones((g, d), x.dtype) if weight is None else _as(weight, x.dtype).reshape(g, d)
+        b = None if bias is None else _as(bias, x.dtype).reshape(g, d)
         if p.layout == "flat" and l_ > 1:
             w = np.repeat(w, l_, axis=1)
             b = None if b is None else np.repeat(b, l_, axis=1)
         if b is None:
-            b = np.zeros(w.shape)
+            b = np.zeros(w.shape, x.dtype)
         if p.layout == "flat":
             x = x[:, :, :, 0] if l_ == 1 else x.reshape(n, g, d * l_)
         return x, w, b
@@ -247,7 +260,8 @@ class NumbaBackend(Backend):
         y = _out(x.shape, x.dtype)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
         mean, var = np.empty(x.shape[:2]), np.empty(x.shape[:2])
-        kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var)
+        kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var,
+                   np.empty((p.nblk, 8), x.dtype))
         sd = _stat_dtype(x.dtype)
         return y.astype(orig, copy=False), mean.astype(sd), var.astype(sd)
 
@@ -264,7 +278,7 @@ class NumbaBackend(Backend):
         kernel = k.backward_flat if p.layout == "flat" else k.backward_lines
         pw, pb = _partials(p.nblk, *w.shape)
         kernel.run(p.nblk, dyv, xv, _f64(mean), _f64(var), float(eps), w, bool(center),
-                   dx.reshape(xv.shape), pw, pb)
+                   dx.reshape(xv.shape), pw, pb, np.empty((p.nblk, 8), x.dtype))
         dweight, dbias = pw.sum(axis=0), pb.sum(axis=0)
         if dweight.shape != (g, d):  # flat rows of D * L: sum over L
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
