@@ -139,8 +139,10 @@ def _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v):
 def _per_column(v, inner, out):
     """out[j] = v[j // inner]: a per-channel vector per column, in out's dtype (x's: the maps
     then run in x's precision, float32 lanes for float32 input)."""
-    for j in range(out.shape[0]):
-        out[j] = v[j // inner]
+    for c in range(v.shape[0]):
+        t = v[c]
+        for j in range(c * inner, (c + 1) * inner):
+            out[j] = t
 
 
 @helper
@@ -168,60 +170,86 @@ def _grad_coefficients(s_dy, s_dyx, var, eps, w, m, batch_stats):
 
 
 @helper
-def _piece(u, pieces, c_, l_):
-    """Unit u's (n, c, start, stop): row u // pieces, piece u % pieces of it."""
-    row = u // pieces
-    j = u - row * pieces
-    return row // c_, row % c_, j * l_ // pieces, (j + 1) * l_ // pieces
+def _first(blk, nblk, units, pieces, c_):
+    """Block blk's first unit and end, and the first unit's (n, c, piece): units are (n, c)
+    rows cut into ``pieces``, in (n, c, piece) order. A block decodes its first unit once and
+    then counts like an odometer (``_next``): a division per short row cost as much as the row."""
+    u0 = blk * units // nblk
+    row = u0 // pieces
+    return u0, (blk + 1) * units // nblk, row // c_, row % c_, u0 - row * pieces
+
+
+@helper
+def _next(n, c, j, pieces, c_):
+    j += 1
+    if j == pieces:
+        j = 0
+        c += 1
+        if c == c_:
+            c = 0
+            n += 1
+    return n, c, j
+
+
+@helper
+def _span(j, pieces, l_):
+    """Piece j's [lo, hi) of a row of l_."""
+    if pieces == 1:
+        return 0, l_
+    return j * l_ // pieces, (j + 1) * l_ // pieces
 
 
 @helper
 def _sums_ncl(blk, nblk, x, pieces, k, p1, p2):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * pieces
-    for u in range(blk * units // nblk, (blk + 1) * units // nblk):
-        n, c, lo, hi = _piece(u, pieces, c_, l_)
+    u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
+    for _ in range(u0, u1):
+        lo, hi = _span(j, pieces, l_)
         s1, s2 = _sums(x[n, c, lo:hi], k[c])
         p1[blk, c] += s1
         p2[blk, c] += s2
+        n, c, j = _next(n, c, j, pieces, c_)
 
 
 @helper
 def _map_ncl(blk, nblk, x, pieces, cx, y):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * pieces
-    for u in range(blk * units // nblk, (blk + 1) * units // nblk):
-        n, c, lo, hi = _piece(u, pieces, c_, l_)
+    u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
+    for _ in range(u0, u1):
+        lo, hi = _span(j, pieces, l_)
         xr = x[n, c]
         yr = y[n, c]
         m, f, t = cx[0, c], cx[1, c], cx[2, c]
         for i in range(lo, hi):
             yr[i] = (xr[i] - m) * f + t
+        n, c, j = _next(n, c, j, pieces, c_)
 
 
 @helper
 def _dot_ncl(blk, nblk, dy, x, pieces, mu, p1, p2):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * pieces
-    for u in range(blk * units // nblk, (blk + 1) * units // nblk):
-        n, c, lo, hi = _piece(u, pieces, c_, l_)
+    u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
+    for _ in range(u0, u1):
+        lo, hi = _span(j, pieces, l_)
         s1, s2 = _dot(dy[n, c, lo:hi], x[n, c, lo:hi], mu[c])
         p1[blk, c] += s1
         p2[blk, c] += s2
+        n, c, j = _next(n, c, j, pieces, c_)
 
 
 @helper
 def _grad_ncl(blk, nblk, dy, x, pieces, cx, dx):
     n_, c_, l_ = x.shape
-    units = n_ * c_ * pieces
-    for u in range(blk * units // nblk, (blk + 1) * units // nblk):
-        n, c, lo, hi = _piece(u, pieces, c_, l_)
+    u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
+    for _ in range(u0, u1):
+        lo, hi = _span(j, pieces, l_)
         dyr = dy[n, c]
         xr = x[n, c]
         dxr = dx[n, c]
         m, f, g, h = cx[0, c], cx[1, c], cx[2, c], cx[3, c]
         for i in range(lo, hi):
             dxr[i] = f * dyr[i] - g * (xr[i] - m) - h
+        n, c, j = _next(n, c, j, pieces, c_)
 
 
 # ---------------------------------------------------------------- block bodies, layout cols

@@ -63,7 +63,7 @@ def _moments(s1, s2, k, m, center):
 
 
 @helper
-def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var, sc):
+def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
     n_, g_, m_ = x.shape
     rows = n_ * g_
     for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
@@ -75,10 +75,8 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var, sc):
         mu, v = _moments(s1, s2, k, m_, center)
         mean[n, g] = mu
         var[n, g] = v
-        sc[blk, 0] = mu  # the map's scalars in x's dtype (see the module docstring)
-        sc[blk, 1] = 1.0 / math.sqrt(v + eps)
-        m = sc[blk, 0]
-        rs = sc[blk, 1]
+        m = xr.dtype.type(mu)  # the map's scalars in x's dtype (see the module docstring)
+        rs = xr.dtype.type(1.0 / math.sqrt(v + eps))
         yr = y[n, g]
         wr = w[g]
         br = b[g]
@@ -87,7 +85,7 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var, sc):
 
 
 @helper
-def _dx_row(dyr, xr, wr, mu, rstd, center, dxr, sc):
+def _dx_row(dyr, xr, wr, mu, rstd, center, dxr):
     """dx of one row: rstd * (w * dy - a2 * (x - mu) - a3), rstd factored out so that terms that
     cancel (a one-element row) give exactly 0; the sums in float64, the map in x's dtype."""
     m_ = xr.shape[0]
@@ -97,11 +95,8 @@ def _dx_row(dyr, xr, wr, mu, rstd, center, dxr, sc):
         gi = np.float64(wr[i]) * np.float64(dyr[i])
         sg += gi
         sgx += gi * (np.float64(xr[i]) - mu)
-    sc[0] = rstd
-    sc[1] = rstd * rstd * sgx / m_
-    sc[2] = mu
-    sc[3] = sg / m_ if center else 0.0
-    r, a2, m, a3 = sc[0], sc[1], sc[2], sc[3]
+    tp = xr.dtype.type
+    r, a2, m, a3 = tp(rstd), tp(rstd * rstd * sgx / m_), tp(mu), tp(sg / m_ if center else 0.0)
     for i in range(m_):
         dxr[i] = r * ((wr[i] * dyr[i] - a2 * (xr[i] - m)) - a3)
 
@@ -112,16 +107,15 @@ def _rstd(v, eps):
 
 
 @helper
-def _cols4(dy, x, n, g, mean, var, eps, pw, pb, sc):
+def _cols4(dy, x, n, g, mean, var, eps, pw, pb):
     """pw += sum over rows n..n+3 of dy * (x - mean) * rstd; pb += sum of dy (one pass). The
     four rows' terms are added in x's dtype (at most 4 terms), then into the float64 partials."""
     d0, d1, d2, d3 = dy[n, g], dy[n + 1, g], dy[n + 2, g], dy[n + 3, g]
     x0, x1, x2, x3 = x[n, g], x[n + 1, g], x[n + 2, g], x[n + 3, g]
-    for j in range(4):
-        sc[j] = mean[n + j, g]
-        sc[4 + j] = _rstd(var[n + j, g], eps)
-    m0, m1, m2, m3 = sc[0], sc[1], sc[2], sc[3]
-    r0, r1, r2, r3 = sc[4], sc[5], sc[6], sc[7]
+    tp = x.dtype.type
+    m0, m1, m2, m3 = tp(mean[n, g]), tp(mean[n + 1, g]), tp(mean[n + 2, g]), tp(mean[n + 3, g])
+    r0, r1 = tp(_rstd(var[n, g], eps)), tp(_rstd(var[n + 1, g], eps))
+    r2, r3 = tp(_rstd(var[n + 2, g], eps)), tp(_rstd(var[n + 3, g], eps))
     for i in range(pw.shape[0]):
         a0 = d0[i]
         a1 = d1[i]
@@ -141,7 +135,7 @@ def _cols1(dyr, xr, mu, rstd, pw, pb):
 
 
 @helper
-def _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
+def _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     n_, g_, _ = x.shape
     rows = n_ * g_
     r = blk * rows // nblk
@@ -151,10 +145,9 @@ def _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
         n0 = r - g * n_
         n1 = min(n0 + 4, n_, n0 + r1 - r)
         for n in range(n0, n1):
-            _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], _rstd(var[n, g], eps), center, dx[n, g],
-                    sc[blk])
+            _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], _rstd(var[n, g], eps), center, dx[n, g])
         if n1 - n0 == 4:
-            _cols4(dy, x, n0, g, mean, var, eps, pw[blk, g], pb[blk, g], sc[blk])
+            _cols4(dy, x, n0, g, mean, var, eps, pw[blk, g], pb[blk, g])
         else:
             for n in range(n0, n1):
                 _cols1(dy[n, g], x[n, g], mean[n, g], _rstd(var[n, g], eps), pw[blk, g],
@@ -166,7 +159,7 @@ def _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
 
 
 @helper
-def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var, sc):
+def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
@@ -183,21 +176,19 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var, sc):
         mean[n, g] = mu
         var[n, g] = v
         rstd = 1.0 / math.sqrt(v + eps)
-        sc[blk, 0] = mu
-        m = sc[blk, 0]
+        tp = x.dtype.type
+        m = tp(mu)
         for d in range(d_):
             xr = x[n, g, d]
             yr = y[n, g, d]
-            sc[blk, 1] = rstd * w[g, d]
-            sc[blk, 2] = b[g, d]
-            f = sc[blk, 1]
-            sh = sc[blk, 2]
+            f = tp(rstd * w[g, d])
+            sh = tp(b[g, d])
             for i in range(l_):
                 yr[i] = (xr[i] - m) * f + sh
 
 
 @helper
-def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
+def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
     m_ = d_ * l_
@@ -221,16 +212,13 @@ def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
             pw[blk, g, d] += a2 * rstd
             sg += w[g, d] * a1
             sgx += w[g, d] * a2
-        sc[blk, 0] = rstd * rstd * rstd * sgx / m_
-        sc[blk, 1] = rstd * sg / m_ if center else 0.0
-        sc[blk, 2] = mu
-        k2, k3, m = sc[blk, 0], sc[blk, 1], sc[blk, 2]
+        tp = x.dtype.type
+        k2, k3, m = tp(rstd * rstd * rstd * sgx / m_), tp(rstd * sg / m_ if center else 0.0), tp(mu)
         for d in range(d_):
             dyr = dy[n, g, d]
             xr = x[n, g, d]
             dxr = dx[n, g, d]
-            sc[blk, 3] = rstd * w[g, d]
-            f = sc[blk, 3]
+            f = tp(rstd * w[g, d])
             for i in range(l_):
                 dxr[i] = f * dyr[i] - k2 * (xr[i] - m) - k3
 
@@ -238,37 +226,37 @@ def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
 # ---------------------------------------------------------------- kernels
 
 
-# Outputs, partials and the scratch rows ``sc`` ((nblk, 8) in x's dtype) are allocated by the
-# caller: an np.empty or np.zeros in a kernel compiles an overload of its own in every process
-# that compiles (part of a cold first call). The maps run in x's dtype (float32 lanes for float32
-# input: twice as many as float64 ones; measured LayerNorm (256, 256) forward 41 -> 14 us), with
-# their per-row scalars rounded once into x's dtype through ``sc``; the sums stay float64.
+# Outputs and partials are allocated by the caller: an np.empty or np.zeros in a kernel compiles
+# an overload of its own in every process that compiles (part of a cold first call). The maps
+# run in x's dtype (float32 lanes for float32 input: twice as many as float64 ones; measured
+# LayerNorm (256, 256) forward 41 -> 14 us), with their per-row scalars rounded once into x's
+# dtype (``x.dtype.type``); the sums stay float64.
 
 
 @kernel
-def forward_flat(nblk, x, w, b, eps, center, y, mean, var, sc):
+def forward_flat(nblk, x, w, b, eps, center, y, mean, var):
     """y = normalized rows of (N, G, M) x; float64 mean and var (N, G) into mean, var."""
     for blk in prange(nblk):
-        _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var, sc)
+        _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var)
 
 
 @kernel
-def forward_lines(nblk, x, w, b, eps, center, y, mean, var, sc):
+def forward_lines(nblk, x, w, b, eps, center, y, mean, var):
     """forward_flat for (N, G, D, L) x with w and b of shape (G, D)."""
     for blk in prange(nblk):
-        _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var, sc)
+        _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var)
 
 
 @kernel
-def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
+def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     """dx into dx; each block's dweight and dbias terms into pw[blk], pb[blk] (zeroed (nblk, G,
     M) float64; the caller sums them over blocks)."""
     for blk in prange(nblk):
-        _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc)
+        _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb)
 
 
 @kernel
-def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc):
+def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     """backward_flat for (N, G, D, L); partials of shape (nblk, G, D)."""
     for blk in prange(nblk):
-        _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, sc)
+        _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb)

@@ -33,7 +33,7 @@ FLAT_L_MAX = 64
 #: SLAB_L_MAX, go through the column kernels as (N, C * L) rows (each n's slab added onto
 #: per-position float64 partials: no reduction per short row), given N >= SLAB_MIN_N per thread.
 SLAB_MAX = 8192
-SLAB_L_MAX = 256
+SLAB_L_MAX = 64
 SLAB_MIN_N = 4
 
 

@@ -260,8 +260,7 @@ class NumbaBackend(Backend):
         y = _out(x.shape, x.dtype)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
         mean, var = np.empty(x.shape[:2]), np.empty(x.shape[:2])
-        kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var,
-                   np.empty((p.nblk, 8), x.dtype))
+        kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var)
         sd = _stat_dtype(x.dtype)
         return y.astype(orig, copy=False), mean.astype(sd), var.astype(sd)
 
@@ -278,7 +277,7 @@ class NumbaBackend(Backend):
         kernel = k.backward_flat if p.layout == "flat" else k.backward_lines
         pw, pb = _partials(p.nblk, *w.shape)
         kernel.run(p.nblk, dyv, xv, _f64(mean), _f64(var), float(eps), w, bool(center),
-                   dx.reshape(xv.shape), pw, pb, np.empty((p.nblk, 8), x.dtype))
+                   dx.reshape(xv.shape), pw, pb)
         dweight, dbias = pw.sum(axis=0), pb.sum(axis=0)
         if dweight.shape != (g, d):  # flat rows of D * L: sum over L
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
