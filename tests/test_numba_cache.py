@@ -51,8 +51,9 @@ EDITED = """
 import numpy as np, normcore, normcore_numba
 assert normcore_numba.__file__.startswith({root!r}), normcore_numba.__file__
 x = np.arange(8, dtype=np.float64).reshape(2, 4)
-print(float(normcore.get_backend("numba").group_normalize(x.reshape(2, 1, 4, 1), None, None, 0.0,
-                                                          True)[2].sum()))
+var = normcore.get_backend("numba").group_normalize(x.reshape(2, 1, 4, 1), None, None, 0.0, True)[2]
+from normcore_numba import _group
+print(float(var.sum()), sum(_group.forward_flat.serial.stats.cache_hits.values()))
 """
 
 
@@ -72,18 +73,20 @@ def test_an_edited_helper_recompiles_the_kernels_that_use_it(tmp_path):
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     code = textwrap.dedent(EDITED.format(root=str(root)))
 
-    def run() -> float:
+    def run() -> tuple[float, int]:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=env, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        return float(out.stdout)
+        value, hits = out.stdout.split()
+        return float(value), int(hits)
 
-    assert run() == 2.5  # the variance of 0, 1, 2, 3 (and of 4..7), summed over the two rows
-    assert run() == 2.5  # loaded from the cache
+    # the variance of 0, 1, 2, 3 (and of 4..7), summed over the two rows; compiled, then loaded
+    assert run() == (2.5, 0)
+    assert run() == (2.5, 1)
     group = root / "normcore_numba" / "_group.py"
     text = group.read_text()
     edited = text.replace("return k + m1, (0.0 if v < 0.0 else v)",
                           "return k + m1, (0.0 if v < 0.0 else v) + 1.0")
     assert edited != text
     group.write_text(edited)
-    assert run() == 4.5  # recompiled from the edited helper
+    assert run() == (4.5, 0)  # recompiled from the edited helper

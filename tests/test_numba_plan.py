@@ -90,3 +90,13 @@ def test_no_private_numba_or_llvmlite_imports():
                     else [])
             for m in mods:
                 assert not m.startswith(("numba.core", "llvmlite", "numba.np.ufunc")), (path, m)
+
+
+def test_kernel_names_are_the_same_in_every_process():
+    """The options' hash names numba's cache files: a hash that changed with the process's
+    string hashing (set order) made every process recompile every kernel."""
+    code = "from normcore_numba import _jit; print(_jit.TAG)"
+    tags = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}
+                           ).stdout for seed in (1, 2, 3)}
+    assert len(tags) == 1 and len(tags.pop().strip()) == 8

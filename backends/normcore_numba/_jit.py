@@ -32,6 +32,7 @@ tests/test_numba_cache.py checks both.
 from __future__ import annotations
 
 import hashlib
+import json
 import types
 from typing import Any
 
@@ -46,8 +47,18 @@ def _parallel_options() -> dict[str, bool]:
             "setitem": False, "numpy": False, "stencil": False, "fusion": False}
 
 
-TAG = hashlib.sha256(repr((sorted(FLAGS["fastmath"]), sorted(FLAGS.items(), key=str),
-                           _parallel_options())).encode()).hexdigest()[:8]
+def _canonical(value: Any) -> Any:
+    """A value with its sets sorted: the options' hash must not depend on set order (string
+    hashes, hence set order, change from process to process)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    return value
+
+
+TAG = hashlib.sha256(json.dumps(_canonical({"flags": FLAGS, "parallel": _parallel_options()}),
+                                sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _renamed(fn: Any, variant: str) -> Any:

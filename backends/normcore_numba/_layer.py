@@ -98,9 +98,7 @@ def settle() -> None:
             if layer == "workqueue":
                 _one_at_a_time = threading.RLock()
             if layer == "omp":
-                from numba.np.ufunc import omppool
-
-                _gnu_omp = getattr(omppool, "openmp_vendor", "GNU") == "GNU"  # not fork-safe
+                _gnu_omp = _gnu_openmp_loaded()  # not fork-safe
             _started = True
         if _forked:
             _forked = False
@@ -115,6 +113,19 @@ def settle() -> None:
                 for name, method in originals.items():
                     setattr(cls, name, method)
         _settled = True
+
+
+def _gnu_openmp_loaded(maps: str = "/proc/self/maps") -> bool:
+    """Whether GNU OpenMP (libgomp) is loaded in this process, read from the loader's map (numba
+    says which OpenMP its ``omp`` layer runs only through a private module). Where the map cannot
+    be read (not Linux: numba's ``omp`` layer there is LLVM's or Intel's), False. torch's wheels
+    bring a libgomp of their own: with torch loaded beside an Intel-OpenMP numba this says True,
+    and forked children run on one thread, which is safe."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as fh:
+            return "libgomp" in fh.read()
+    except OSError:
+        return False
 
 
 def _after_fork_in_child() -> None:
