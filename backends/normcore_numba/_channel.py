@@ -136,6 +136,40 @@ def _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v):
 
 
 @helper
+def _rounded(mu, a, k, cx):
+    """cx[0] = mu rounded to x's dtype (cx's), m; cx[1] = a; cx[2] = k - a * (mu - m) for maps
+    ``(x - mu) * a + k``, computed as ``(x - m) * a + (k - a * (mu - m))``: x - m is exact near
+    the mean, so a mean that x's dtype cannot hold (float32 data at mean 1e4) keeps its float64
+    accuracy. A constant channel (mu exactly its value) still maps to exactly k."""
+    tp = cx.dtype.type
+    for c in range(mu.shape[0]):
+        m = tp(mu[c])
+        cx[0, c] = m
+        cx[1, c] = a[c]
+        cx[2, c] = k[c] - a[c] * (mu[c] - np.float64(m))
+
+
+@helper
+def _rounded_grad(mu, a, k2, k3, cx):
+    """_rounded for dx = a * dy - k2 * (x - mu) - k3: cx = (m, a, k2, k3 - k2 * (mu - m))."""
+    tp = cx.dtype.type
+    for c in range(mu.shape[0]):
+        m = tp(mu[c])
+        cx[0, c] = m
+        cx[1, c] = a[c]
+        cx[2, c] = k2[c]
+        cx[3, c] = k3[c] - k2[c] * (mu[c] - np.float64(m))
+
+
+@helper
+def _columns(cc, inner, cx):
+    """The per-channel coefficient rows cc (rows, C) repeated per column into cx (rows, Q):
+    column j in channel j // inner."""
+    for r in range(cc.shape[0]):
+        _per_column(cc[r], inner, cx[r])
+
+
+@helper
 def _per_column(v, inner, out):
     """out[j] = v[j // inner]: a per-channel vector per column, in out's dtype (x's: the maps
     then run in x's precision, float32 lanes for float32 input)."""
@@ -328,9 +362,7 @@ def forward_ncl(nblk, x, pieces, eps, w, b, y, narrow, rm, rv, momentum, corr, o
     mean, var = _moments(p1, p2, k, 1, n_ * l_)
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
-        _per_column(mu, 1, cx[0])
-        _per_column(a, 1, cx[1])
-        _per_column(s, 1, cx[2])
+        _rounded(mu, a, s, cx)
         for blk in prange(nblk):
             _map_ncl(blk, nblk, x, pieces, cx, y)
     _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v)
@@ -341,9 +373,7 @@ def forward_ncl(nblk, x, pieces, eps, w, b, y, narrow, rm, rv, momentum, corr, o
 def normalize_ncl(nblk, x, pieces, mean, var, eps, w, b, y, cx):
     """y = (x - mean[c]) / sqrt(var[c] + eps) * w[c] + b[c] over (N, C, L)."""
     mu, a, s = _affine(mean, var, eps, w, b, False)
-    _per_column(mu, 1, cx[0])
-    _per_column(a, 1, cx[1])
-    _per_column(s, 1, cx[2])
+    _rounded(mu, a, s, cx)
     for blk in prange(nblk):
         _map_ncl(blk, nblk, x, pieces, cx, y)
 
@@ -359,10 +389,7 @@ def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2
     s_dyx = _totals(p2, 1, c_)
     dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, n_ * l_, batch_stats)
     if dx.size:
-        _per_column(mean, 1, cx[0])
-        _per_column(a, 1, cx[1])
-        _per_column(k2, 1, cx[2])
-        _per_column(k3, 1, cx[3])
+        _rounded_grad(mean, a, k2, k3, cx)
         for blk in prange(nblk):
             _grad_ncl(blk, nblk, dy, x, pieces, cx, dx)
     return dweight, s_dy, s_dyx
@@ -384,9 +411,9 @@ def forward_cols(nblk, x, inner, eps, w, b, y, narrow, rm, rv, momentum, corr, o
     mean, var = _moments(p1, p2, k, inner, r_ * inner)
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
-        _per_column(mu, inner, cx[0])
-        _per_column(a, inner, cx[1])
-        _per_column(s, inner, cx[2])
+        cc = np.empty((3, c_), cx.dtype)
+        _rounded(mu, a, s, cc)
+        _columns(cc, inner, cx)
         for blk in prange(nblk):
             _map_cols(blk, nblk, x, cx, y)
     _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v)
@@ -397,9 +424,9 @@ def forward_cols(nblk, x, inner, eps, w, b, y, narrow, rm, rv, momentum, corr, o
 def normalize_cols(nblk, x, inner, mean, var, eps, w, b, y, cx):
     """normalize_ncl for the (R, Q) column view."""
     mu, a, s = _affine(mean, var, eps, w, b, False)
-    _per_column(mu, inner, cx[0])
-    _per_column(a, inner, cx[1])
-    _per_column(s, inner, cx[2])
+    cc = np.empty((3, mean.shape[0]), cx.dtype)
+    _rounded(mu, a, s, cc)
+    _columns(cc, inner, cx)
     for blk in prange(nblk):
         _map_cols(blk, nblk, x, cx, y)
 
@@ -417,10 +444,9 @@ def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2
     s_dyx = _totals(p2, inner, c_)
     dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, r_ * inner, batch_stats)
     if dx.size:
-        _per_column(mean, inner, cx[0])
-        _per_column(a, inner, cx[1])
-        _per_column(k2, inner, cx[2])
-        _per_column(k3, inner, cx[3])
+        cc = np.empty((4, c_), cx.dtype)
+        _rounded_grad(mean, a, k2, k3, cc)
+        _columns(cc, inner, cx)
         for blk in prange(nblk):
             _grad_cols(blk, nblk, dy, x, cx, dx)
     return dweight, s_dy, s_dyx

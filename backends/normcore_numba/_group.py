@@ -75,13 +75,17 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
         mu, v = _moments(s1, s2, k, m_, center)
         mean[n, g] = mu
         var[n, g] = v
-        m = xr.dtype.type(mu)  # the map's scalars in x's dtype (see the module docstring)
-        rs = xr.dtype.type(1.0 / math.sqrt(v + eps))
+        # the map in x's dtype about the mean rounded to it, m; its rounding, mu - m, moved into d
+        tp = xr.dtype.type
+        m = tp(mu)
+        rstd = 1.0 / math.sqrt(v + eps)
+        rs = tp(rstd)
+        d = tp((mu - np.float64(m)) * rstd)
         yr = y[n, g]
         wr = w[g]
         br = b[g]
         for i in range(m_):
-            yr[i] = ((xr[i] - m) * rs) * wr[i] + br[i]
+            yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
 
 
 @helper
@@ -96,7 +100,10 @@ def _dx_row(dyr, xr, wr, mu, rstd, center, dxr):
         sg += gi
         sgx += gi * (np.float64(xr[i]) - mu)
     tp = xr.dtype.type
-    r, a2, m, a3 = tp(rstd), tp(rstd * rstd * sgx / m_), tp(mu), tp(sg / m_ if center else 0.0)
+    m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into a3
+    a2 = rstd * rstd * sgx / m_
+    a3 = (sg / m_ if center else 0.0) - a2 * (mu - np.float64(m))
+    r, a2, a3 = tp(rstd), tp(a2), tp(a3)
     for i in range(m_):
         dxr[i] = r * ((wr[i] * dyr[i] - a2 * (xr[i] - m)) - a3)
 
@@ -112,18 +119,28 @@ def _cols4(dy, x, n, g, mean, var, eps, pw, pb):
     four rows' terms are added in x's dtype (at most 4 terms), then into the float64 partials."""
     d0, d1, d2, d3 = dy[n, g], dy[n + 1, g], dy[n + 2, g], dy[n + 3, g]
     x0, x1, x2, x3 = x[n, g], x[n + 1, g], x[n + 2, g], x[n + 3, g]
-    tp = x.dtype.type
-    m0, m1, m2, m3 = tp(mean[n, g]), tp(mean[n + 1, g]), tp(mean[n + 2, g]), tp(mean[n + 3, g])
-    r0, r1 = tp(_rstd(var[n, g], eps)), tp(_rstd(var[n + 1, g], eps))
-    r2, r3 = tp(_rstd(var[n + 2, g], eps)), tp(_rstd(var[n + 3, g], eps))
+    m0, r0, e0 = _about(x, mean[n, g], _rstd(var[n, g], eps))
+    m1, r1, e1 = _about(x, mean[n + 1, g], _rstd(var[n + 1, g], eps))
+    m2, r2, e2 = _about(x, mean[n + 2, g], _rstd(var[n + 2, g], eps))
+    m3, r3, e3 = _about(x, mean[n + 3, g], _rstd(var[n + 3, g], eps))
     for i in range(pw.shape[0]):
         a0 = d0[i]
         a1 = d1[i]
         a2 = d2[i]
         a3 = d3[i]
         pb[i] += np.float64((a0 + a1) + (a2 + a3))
-        pw[i] += np.float64((a0 * ((x0[i] - m0) * r0) + a1 * ((x1[i] - m1) * r1))
-                            + (a2 * ((x2[i] - m2) * r2) + a3 * ((x3[i] - m3) * r3)))
+        pw[i] += np.float64((a0 * ((x0[i] - m0) * r0 - e0) + a1 * ((x1[i] - m1) * r1 - e1))
+                            + (a2 * ((x2[i] - m2) * r2 - e2) + a3 * ((x3[i] - m3) * r3 - e3)))
+
+
+@helper
+def _about(x, mu, rstd):
+    """(m, r, e) in x's dtype: xhat = (x - mu) * rstd = (x - m) * r - e, with m the mean rounded
+    to x's dtype (x - m is exact near the mean) and e its rounding's share, so that xhat keeps
+    float64 accuracy about a mean that x's dtype cannot hold (float32 data at mean 1e4)."""
+    tp = x.dtype.type
+    m = tp(mu)
+    return m, tp(rstd), tp((mu - np.float64(m)) * rstd)
 
 
 @helper
@@ -177,12 +194,13 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
         var[n, g] = v
         rstd = 1.0 / math.sqrt(v + eps)
         tp = x.dtype.type
-        m = tp(mu)
+        m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
         for d in range(d_):
             xr = x[n, g, d]
             yr = y[n, g, d]
-            f = tp(rstd * w[g, d])
-            sh = tp(b[g, d])
+            f = rstd * w[g, d]
+            sh = tp(b[g, d] - (mu - np.float64(m)) * f)
+            f = tp(f)
             for i in range(l_):
                 yr[i] = (xr[i] - m) * f + sh
 
@@ -213,7 +231,10 @@ def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
             sg += w[g, d] * a1
             sgx += w[g, d] * a2
         tp = x.dtype.type
-        k2, k3, m = tp(rstd * rstd * rstd * sgx / m_), tp(rstd * sg / m_ if center else 0.0), tp(mu)
+        m = tp(mu)  # the mean's rounding moved into k3 (see _fwd_lines)
+        k2 = rstd * rstd * rstd * sgx / m_
+        k3 = (rstd * sg / m_ if center else 0.0) - k2 * (mu - np.float64(m))
+        k2, k3 = tp(k2), tp(k3)
         for d in range(d_):
             dyr = dy[n, g, d]
             xr = x[n, g, d]

@@ -94,4 +94,4 @@ def kernel(fn: Any) -> Kernel:
 def helper(fn: Any) -> Any:
     """Decorator for the functions a kernel calls (same options, named with the options' hash;
     LLVM inlines them)."""
-    return njit(**FLAGS)(_renamed(fn, "fn"))
+    return njit(inline="always", **FLAGS)(_renamed(fn, "fn"))
