@@ -1,7 +1,8 @@
-"""The numba backend's float32 lanes (see backends/normcore_numba/_simd.py) sum about a shift
-rounded to float32; sums about a float64 mean are moved back onto it. These check that move with
-statistics that are not float32-exact (float64 ones), which the conformance kit does not require
-of every backend."""
+"""The numba backend sums in float64 about a sample of the data, and runs its maps in x's dtype
+about the mean rounded to it, the rounding moved into the map's shift (see
+backends/normcore_numba/_channel.py and _group.py). These check that move with statistics that
+are not float32-exact (float64 ones), and the shifted sums with an outlying sample, on every
+layout the plan picks; the conformance kit does not require this of every backend."""
 
 from __future__ import annotations
 
