@@ -187,22 +187,23 @@ class NumbaBackend(Backend):
                                           np.empty((3, x.shape[1]), x.dtype))
             y = y if normalize else None
         sd = _stat_dtype(x.dtype)
-        out = (None if y is None else y.astype(orig, copy=False), mean.astype(sd), var.astype(sd))
+        out = (None if y is None else y.astype(orig, copy=False), mean.astype(sd, copy=False),
+               var.astype(sd, copy=False))
         if running is None:
             return (*out, None, None)
-        return (*out, upd[4].astype(np.asarray(running[0]).dtype),
-                upd[5].astype(np.asarray(running[1]).dtype))
+        return (*out, upd[4].astype(np.asarray(running[0]).dtype, copy=False),
+                upd[5].astype(np.asarray(running[1]).dtype, copy=False))
 
     def channel_normalize_backward(self, dy3, x3, mean, var, eps, weight, batch_stats):
         orig = np.asarray(x3).dtype
         dx, dweight, dbias, _ = self._backward(dy3, x3, mean, var, eps, weight, batch_stats, True)
         gd = _grad_dtype(weight, orig)
-        return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
+        return dx.astype(orig, copy=False), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
 
     def channel_backward_sums(self, dy3, x3, mean, var, eps):
         _, sum_dy_xhat, sum_dy, _ = self._backward(dy3, x3, mean, var, eps, None, False, False)
         sd = _stat_dtype(_widen(x3).dtype)
-        return sum_dy.astype(sd), sum_dy_xhat.astype(sd)
+        return sum_dy.astype(sd, copy=False), sum_dy_xhat.astype(sd, copy=False)
 
     def _backward(self, dy3, x3, mean, var, eps, weight, batch_stats, want_dx):
         """(dx or None, dweight, sum(dy), sum(dy * (x - mean))), the last three float64."""
@@ -230,8 +231,8 @@ class NumbaBackend(Backend):
         new_mean = (1.0 - m) * _f64(running_mean) + m * np.asarray(mean, _F64).mean(axis=0)
         new_var = ((1.0 - m) * _f64(running_var)
                    + m * float(var_correction) * np.asarray(var, _F64).mean(axis=0))
-        return (new_mean.astype(np.asarray(running_mean).dtype),
-                new_var.astype(np.asarray(running_var).dtype))
+        return (new_mean.astype(np.asarray(running_mean).dtype, copy=False),
+                new_var.astype(np.asarray(running_var).dtype, copy=False))
 
     # -------------------------------------------------------------- group view (N, G, D, L)
     @staticmethod
@@ -262,7 +263,7 @@ class NumbaBackend(Backend):
         mean, var = np.empty(x.shape[:2]), np.empty(x.shape[:2])
         kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var)
         sd = _stat_dtype(x.dtype)
-        return y.astype(orig, copy=False), mean.astype(sd), var.astype(sd)
+        return y.astype(orig, copy=False), mean.astype(sd, copy=False), var.astype(sd, copy=False)
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
         k = _kernels("_group")
@@ -283,7 +284,7 @@ class NumbaBackend(Backend):
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
             dbias = dbias.reshape(g, d, l_).sum(axis=2)
         gd = _grad_dtype(weight, orig)
-        return dx.astype(orig, copy=False), dweight.astype(gd), dbias.astype(gd)
+        return dx.astype(orig, copy=False), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
 
     # -------------------------------------------------------------- row view (R, K)
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
@@ -295,7 +296,7 @@ class NumbaBackend(Backend):
         k.standardize.run(_plan_for("rows", x).nblk, x, float(eps), int(ddof), bool(eps_in_root),
                           y, mean, denom)
         sd = _stat_dtype(x.dtype)
-        return y.astype(orig, copy=False), mean.astype(sd), denom.astype(sd)
+        return y.astype(orig, copy=False), mean.astype(sd, copy=False), denom.astype(sd, copy=False)
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
         k = _kernels("_rows")
