@@ -44,10 +44,13 @@ def test_channel_layouts():
     nchw = np.empty((32, 64, 56, 56), f32).reshape(32, 64, -1)
     assert _p("channel", nchw, 2) == ("ncl", 2, 1, 1)
     nhwc = np.empty((32, 56, 56, 64), f32).transpose(0, 3, 1, 2).reshape(32, 64, -1)
-    assert _p("channel", nhwc, 2) == ("cols", 2, 1, 1)  # rows of C channels
-    assert _p("channel", np.empty((4096, 512, 1), f32), 2).layout == "cols"  # BatchNorm1d
+    assert _p("channel", nhwc, 2) == ("cols", 2, 8, 1)  # rows of C channels, 8 taken as one
+    assert _p("channel", np.empty((4096, 512, 1), f32), 2) == ("cols", 2, 1, 1)  # BatchNorm1d
+    assert _p("channel", np.empty((65536, 16, 1), f32), 2) == ("cols", 2, 32, 1)
+    assert _p("channel", np.empty((12, 16, 1), f32), 1) == ("cols", 1, 2, 1)  # 2 divides 12
     slabs = np.empty((256, 64, 64), f32)  # short rows in small (C, L) slabs
     assert _p("channel", slabs, 2) == ("cols", 2, 1, 64)
+    assert _p("channel", np.empty((256, 2, 16), f32), 2) == ("cols", 2, 16, 16)
     assert _p("channel", np.empty((2, 64, 64), f32), 2).layout == "ncl"  # too few slabs
     few = np.empty((1, 3, 1 << 20), f32)  # few long rows: cut into pieces
     p = _p("channel", few, 2)

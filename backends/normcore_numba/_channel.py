@@ -6,11 +6,12 @@ running update in one call; normalize with given statistics; backward: sums and 
 * ``ncl``: (n, c) rows of L (NCHW input). Units of work are the rows, cut into ``pieces``
   along L when there are few long rows; each row is reduced to two float64 sums added onto its
   block's partial of channel c.
-* ``cols``: a 2-D (R, Q) view whose column j belongs to channel j // inner, walked row by row
-  with one float64 partial per column and block: rows of C channels (channels-last input as
+* ``cols``: a 2-D (R, Q) view whose column j belongs to channel (j // inner) % C, walked row by
+  row with one float64 partial per column and block: rows of C channels (channels-last input as
   (N * L, C), BatchNorm1d's (N, C); inner = 1), or short contiguous (C, L) slabs as (N, C * L)
-  (inner = L). Every row adds element-wise onto the partial row, so short rows cost no
-  reduction of their own; the partials are folded per channel once, at the end.
+  (inner = L), a few adjacent rows taken as one where they are contiguous (a loop over 16
+  channels costs its setup per row). Every row adds element-wise onto the partial row, so short
+  rows cost no reduction of their own; the partials are folded per channel once, at the end.
 
 Bandwidth accounting per element (s = itemsize), the floor being a copy (2s):
 
@@ -75,14 +76,17 @@ def _dot(dy, x, mu):
 
 @helper
 def _totals(p, inner, c_):
-    """Per-channel totals of (nblk, C * inner) partials: block order, then column order."""
+    """Per-channel totals of (nblk, Q) partials, column j in channel (j // inner) % C: block
+    order, then column order."""
     out = np.empty(c_)
+    period = c_ * inner
     for c in range(c_):
         t = 0.0
         for b in range(p.shape[0]):
             s = 0.0
-            for j in range(c * inner, (c + 1) * inner):
-                s += p[b, j]
+            for base in range(0, p.shape[1], period):
+                for i in range(inner):
+                    s += p[b, base + c * inner + i]
             t += s
         out[c] = t
     return out
@@ -164,19 +168,21 @@ def _rounded_grad(mu, a, k2, k3, cx):
 @helper
 def _columns(cc, inner, cx):
     """The per-channel coefficient rows cc (rows, C) repeated per column into cx (rows, Q):
-    column j in channel j // inner."""
+    column j in channel (j // inner) % C."""
     for r in range(cc.shape[0]):
         _per_column(cc[r], inner, cx[r])
 
 
 @helper
 def _per_column(v, inner, out):
-    """out[j] = v[j // inner]: a per-channel vector per column, in out's dtype (x's: the maps
-    then run in x's precision, float32 lanes for float32 input)."""
-    for c in range(v.shape[0]):
-        t = v[c]
-        for j in range(c * inner, (c + 1) * inner):
-            out[j] = t
+    """out[j] = v[(j // inner) % C]: a per-channel vector per column, in out's dtype (x's: the
+    maps then run in x's precision, float32 lanes for float32 input)."""
+    period = v.shape[0] * inner
+    for base in range(0, out.shape[0], period):
+        for c in range(v.shape[0]):
+            t = v[c]
+            for i in range(inner):
+                out[base + c * inner + i] = t
 
 
 @helper
@@ -251,10 +257,10 @@ def _map_ncl(blk, nblk, x, pieces, cx, y):
     u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
     for _ in range(u0, u1):
         lo, hi = _span(j, pieces, l_)
-        xr = x[n, c]
-        yr = y[n, c]
+        xr = x[n, c, lo:hi]  # indices from 0: numba then knows them non-negative (vectorizes)
+        yr = y[n, c, lo:hi]
         m, f, t = cx[0, c], cx[1, c], cx[2, c]
-        for i in range(lo, hi):
+        for i in range(xr.shape[0]):
             yr[i] = (xr[i] - m) * f + t
         n, c, j = _next(n, c, j, pieces, c_)
 
@@ -277,11 +283,11 @@ def _grad_ncl(blk, nblk, dy, x, pieces, cx, dx):
     u0, u1, n, c, j = _first(blk, nblk, n_ * c_ * pieces, pieces, c_)
     for _ in range(u0, u1):
         lo, hi = _span(j, pieces, l_)
-        dyr = dy[n, c]
-        xr = x[n, c]
-        dxr = dx[n, c]
+        dyr = dy[n, c, lo:hi]
+        xr = x[n, c, lo:hi]
+        dxr = dx[n, c, lo:hi]
         m, f, g, h = cx[0, c], cx[1, c], cx[2, c], cx[3, c]
-        for i in range(lo, hi):
+        for i in range(xr.shape[0]):
             dxr[i] = f * dyr[i] - g * (xr[i] - m) - h
         n, c, j = _next(n, c, j, pieces, c_)
 
@@ -396,11 +402,10 @@ def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2
 
 
 @kernel
-def forward_cols(nblk, x, inner, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v,
+def forward_cols(nblk, x, inner, c_, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v,
                  p1, p2, cx):
-    """forward_ncl for the (R, Q) column view (column j in channel j // inner)."""
+    """forward_ncl for the (R, Q) column view (column j in channel (j // inner) % c_)."""
     r_, q_ = x.shape
-    c_ = q_ // inner
     k = np.empty(c_)
     for c in range(c_):
         k[c] = _shift(x[0, c * inner])
@@ -408,7 +413,7 @@ def forward_cols(nblk, x, inner, eps, w, b, y, narrow, rm, rv, momentum, corr, o
     _per_column(k, inner, kc)
     for blk in prange(nblk):
         _sums_cols(blk, nblk, x, kc, p1, p2)
-    mean, var = _moments(p1, p2, k, inner, r_ * inner)
+    mean, var = _moments(p1, p2, k, inner, r_ * (q_ // c_))
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
         cc = np.empty((3, c_), cx.dtype)
@@ -435,14 +440,15 @@ def normalize_cols(nblk, x, inner, mean, var, eps, w, b, y, cx):
 def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2, cx):
     """backward_ncl for the (R, Q) column view."""
     r_, q_ = x.shape
-    c_ = q_ // inner
+    c_ = mean.shape[0]
     mc = np.empty(q_)
     _per_column(mean, inner, mc)
     for blk in prange(nblk):
         _dot_cols(blk, nblk, dy, x, mc, p1, p2)
     s_dy = _totals(p1, inner, c_)
     s_dyx = _totals(p2, inner, c_)
-    dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, r_ * inner, batch_stats)
+    dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, r_ * (q_ // c_),
+                                            batch_stats)
     if dx.size:
         cc = np.empty((4, c_), cx.dtype)
         _rounded_grad(mean, a, k2, k3, cc)

@@ -10,6 +10,8 @@ Measured on the 2-core test machine (float32, ``normcore bench``); see docs/back
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 from typing import NamedTuple
 
@@ -35,11 +37,15 @@ FLAT_L_MAX = 64
 SLAB_MAX = 8192
 SLAB_L_MAX = 64
 SLAB_MIN_N = 4
+#: Column view rows shorter than this are grouped, r adjacent rows taken as one row of r * Q
+#: (r a power of two dividing R), where that leaves at least SLAB_MIN_N rows per thread.
+COLS_ROW_MIN = 512
 
 
 class Plan(NamedTuple):
     """How one call runs: ``layout`` names the kernel family, ``nblk`` the blocks (1: serial),
-    ``pieces`` how many pieces each (n, c) row is cut into (channel ``ncl``), ``inner`` how many
+    ``pieces`` how many pieces each (n, c) row is cut into (channel ``ncl``) or how many adjacent
+    rows are taken as one where they are contiguous (channel ``cols``), ``inner`` how many
     adjacent columns share a channel (channel ``cols``: 1 for rows of C channels, L for slabs)."""
 
     layout: str
@@ -68,6 +74,14 @@ def _blocks(units: int, nt: int) -> int:
     return max(1, min(units, nt))
 
 
+def _grouped(rows: int, width: int, nt: int) -> int:
+    """How many adjacent rows of ``width`` to take as one (see COLS_ROW_MIN): a power of two
+    that divides ``rows`` (the gcd with one: batch sizes are powers of two), 1 for long rows."""
+    want = min(COLS_ROW_MIN // width, rows // (SLAB_MIN_N * nt))
+    return math.gcd(rows, 1 << (want.bit_length() - 1)) if want > 1 else 1
+
+
+@functools.lru_cache(maxsize=1024)
 def plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int,
          nt: int) -> Plan:
     """The plan for one kernel call on ``view`` ("channel", "group", "rows" or "flat") of this
@@ -85,10 +99,12 @@ def plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: 
         n, c, l_ = shape
         s0, s1, s2 = strides
         if c > 1 and (l_ == 1 or abs(s1) < abs(s2)):
-            return Plan("cols", _blocks(n * l_, nt))
+            r = _grouped(n * l_, c, nt)
+            return Plan("cols", _blocks(n * l_ // r, nt), r)
         if (1 < l_ <= SLAB_L_MAX and c * l_ <= SLAB_MAX and n >= SLAB_MIN_N * nt
                 and s2 == itemsize and (c == 1 or s1 == l_ * itemsize)):
-            return Plan("cols", _blocks(n, nt), 1, l_)
+            r = _grouped(n, c * l_, nt)
+            return Plan("cols", _blocks(n // r, nt), r, l_)
         rows = n * c
         want = UNITS_PER_THREAD * nt
         pieces = 1 if nt == 1 or rows >= want or l_ < 2 else min(l_, -(-want // rows))

@@ -78,22 +78,24 @@ def _grad_dtype(weight: Any, orig: np.dtype) -> np.dtype:
     return orig if weight is None else np.asarray(weight).dtype
 
 
-def _cols(a: np.ndarray, inner: int) -> np.ndarray:
+def _cols(a: np.ndarray, p: _plan.Plan) -> np.ndarray:
     """The (R, Q) column view of (N, C, L) (see _channel): rows of C channels (inner 1) or
-    (C, L) slabs (inner L). A copy where no view exists."""
+    (C, L) slabs (inner L), with ``p.pieces`` adjacent rows taken as one (a copy where no view
+    exists)."""
     n, c, l_ = a.shape
-    return a.transpose(0, 2, 1).reshape(n * l_, c) if inner == 1 else a.reshape(n, c * l_)
+    a2 = a.transpose(0, 2, 1).reshape(n * l_, c) if p.inner == 1 else a.reshape(n, c * l_)
+    r = p.pieces
+    return a2 if r == 1 else a2.reshape(a2.shape[0] // r, r * a2.shape[1])
 
 
-def _cols_out(shape: tuple[int, int, int], dtype: np.dtype, inner: int
+def _cols_out(shape: tuple[int, int, int], dtype: np.dtype, p: _plan.Plan
               ) -> tuple[np.ndarray, np.ndarray]:
-    """A new output for the column kernels: its (R, Q) view and its (N, C, L) view."""
+    """A new output for the column kernels: its column view (as ``_cols`` cuts it) and its
+    (N, C, L) view (channels-last for rows of C channels)."""
     n, c, l_ = shape
-    if inner == 1:
-        flat = _out((n * l_, c), dtype)
-        return flat, flat.reshape(n, l_, c).transpose(0, 2, 1)
-    flat = _out((n, c * l_), dtype)
-    return flat, flat.reshape(n, c, l_)
+    flat = _out((n * c * l_,), dtype)
+    y3 = flat.reshape(n, l_, c).transpose(0, 2, 1) if p.inner == 1 else flat.reshape(n, c, l_)
+    return flat.reshape(-1, p.pieces * (c if p.inner == 1 else c * l_)), y3
 
 
 class NumbaBackend(Backend):
@@ -141,8 +143,8 @@ class NumbaBackend(Backend):
         p = _plan_for("channel", x)
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), _f64(bias))
         if p.layout == "cols":
-            y2, y = _cols_out(x.shape, x.dtype, p.inner)
-            x2 = _cols(x, p.inner)
+            y2, y = _cols_out(x.shape, x.dtype, p)
+            x2 = _cols(x, p)
             k.normalize_cols.run(p.nblk, x2, p.inner, *args, y2, np.empty((3, x2.shape[1]), x.dtype))
         else:
             y = _out(x.shape, x.dtype)
@@ -174,10 +176,11 @@ class NumbaBackend(Backend):
             upd = (_f64(rm), _f64(rv), float(momentum), float(corr), np.empty(c), np.empty(c))
         eps = 0.0 if eps is None else float(eps)
         if p.layout == "cols":
-            y2, y = (_cols_out(x.shape, x.dtype, p.inner) if normalize
+            y2, y = (_cols_out(x.shape, x.dtype, p) if normalize
                      else (np.empty((0, 0), x.dtype), None))
-            x2 = _cols(x, p.inner)
-            mean, var = k.forward_cols.run(p.nblk, x2, p.inner, eps, _f64(weight), _f64(bias), y2,
+            x2 = _cols(x, p)
+            mean, var = k.forward_cols.run(p.nblk, x2, p.inner, x.shape[1], eps, _f64(weight),
+                                           _f64(bias), y2,
                                            narrow, *upd, *_partials(p.nblk, x2.shape[1]),
                                            np.empty((3, x2.shape[1]), x.dtype))
         else:
@@ -213,10 +216,10 @@ class NumbaBackend(Backend):
         p = _plan_for("channel", x)
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), bool(batch_stats))
         if p.layout == "cols":
-            dx2, dx = (_cols_out(x.shape, x.dtype, p.inner) if want_dx
+            dx2, dx = (_cols_out(x.shape, x.dtype, p) if want_dx
                        else (np.empty((0, 0), x.dtype), None))
-            x2 = _cols(x, p.inner)
-            dweight, s_dy, s_dyx = k.backward_cols.run(p.nblk, _cols(dy, p.inner), x2, p.inner,
+            x2 = _cols(x, p)
+            dweight, s_dy, s_dyx = k.backward_cols.run(p.nblk, _cols(dy, p), x2, p.inner,
                                                        *args, dx2, *_partials(p.nblk, x2.shape[1]),
                                                        np.empty((4, x2.shape[1]), x.dtype))
         else:
