@@ -296,16 +296,35 @@ def _grad_ncl(blk, nblk, dy, x, pieces, cx, dx):
 
 
 @helper
-def _sums_cols(blk, nblk, x, kc, p1, p2):
+def _sums_cols(blk, nblk, x, kc, p1, p2, tile):
+    """Each column's sums of this block's rows onto p1[blk], p2[blk], ``tile`` columns at a time
+    (their partials stay in the L1 cache), four rows' terms added together (float64) before each
+    read-modify-write of the partials (row by row, those were most of the pass)."""
     r_, q_ = x.shape
-    q1 = p1[blk]
-    q2 = p2[blk]
-    for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
-        xr = x[r]
-        for j in range(q_):
-            t = np.float64(xr[j]) - kc[j]
-            q1[j] += t
-            q2[j] += t * t
+    r0 = blk * r_ // nblk
+    r1 = (blk + 1) * r_ // nblk
+    for j0 in range(0, q_, tile):
+        j1 = min(j0 + tile, q_)
+        q1 = p1[blk, j0:j1]
+        q2 = p2[blk, j0:j1]
+        k = kc[j0:j1]
+        r = r0
+        while r + 4 <= r1:
+            x0, x1, x2, x3 = x[r, j0:j1], x[r + 1, j0:j1], x[r + 2, j0:j1], x[r + 3, j0:j1]
+            for j in range(q1.shape[0]):
+                t0 = np.float64(x0[j]) - k[j]
+                t1 = np.float64(x1[j]) - k[j]
+                t2 = np.float64(x2[j]) - k[j]
+                t3 = np.float64(x3[j]) - k[j]
+                q1[j] += (t0 + t1) + (t2 + t3)
+                q2[j] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3)
+            r += 4
+        for rr in range(r, r1):
+            xr = x[rr, j0:j1]
+            for j in range(q1.shape[0]):
+                t = np.float64(xr[j]) - k[j]
+                q1[j] += t
+                q2[j] += t * t
 
 
 @helper
@@ -320,17 +339,36 @@ def _map_cols(blk, nblk, x, cx, y):
 
 
 @helper
-def _dot_cols(blk, nblk, dy, x, mc, p1, p2):
+def _dot_cols(blk, nblk, dy, x, mc, p1, p2, tile):
+    """The backward's column sums, by tiles of columns and four rows at a time (_sums_cols)."""
     r_, q_ = x.shape
-    q1 = p1[blk]
-    q2 = p2[blk]
-    for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
-        dyr = dy[r]
-        xr = x[r]
-        for j in range(q_):
-            d = np.float64(dyr[j])
-            q1[j] += d
-            q2[j] += d * (np.float64(xr[j]) - mc[j])
+    r0 = blk * r_ // nblk
+    r1 = (blk + 1) * r_ // nblk
+    for j0 in range(0, q_, tile):
+        j1 = min(j0 + tile, q_)
+        q1 = p1[blk, j0:j1]
+        q2 = p2[blk, j0:j1]
+        m = mc[j0:j1]
+        r = r0
+        while r + 4 <= r1:
+            d0, d1, d2, d3 = dy[r, j0:j1], dy[r + 1, j0:j1], dy[r + 2, j0:j1], dy[r + 3, j0:j1]
+            x0, x1, x2, x3 = x[r, j0:j1], x[r + 1, j0:j1], x[r + 2, j0:j1], x[r + 3, j0:j1]
+            for j in range(q1.shape[0]):
+                a0 = np.float64(d0[j])
+                a1 = np.float64(d1[j])
+                a2 = np.float64(d2[j])
+                a3 = np.float64(d3[j])
+                q1[j] += (a0 + a1) + (a2 + a3)
+                q2[j] += ((a0 * (np.float64(x0[j]) - m[j]) + a1 * (np.float64(x1[j]) - m[j]))
+                          + (a2 * (np.float64(x2[j]) - m[j]) + a3 * (np.float64(x3[j]) - m[j])))
+            r += 4
+        for rr in range(r, r1):
+            dyr = dy[rr, j0:j1]
+            xr = x[rr, j0:j1]
+            for j in range(q1.shape[0]):
+                d = np.float64(dyr[j])
+                q1[j] += d
+                q2[j] += d * (np.float64(xr[j]) - m[j])
 
 
 @helper
@@ -403,7 +441,7 @@ def backward_ncl(nblk, dy, x, pieces, mean, var, eps, w, batch_stats, dx, p1, p2
 
 @kernel
 def forward_cols(nblk, x, inner, c_, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v,
-                 p1, p2, cx):
+                 p1, p2, cx, tile):
     """forward_ncl for the (R, Q) column view (column j in channel (j // inner) % c_)."""
     r_, q_ = x.shape
     k = np.empty(c_)
@@ -412,7 +450,7 @@ def forward_cols(nblk, x, inner, c_, eps, w, b, y, narrow, rm, rv, momentum, cor
     kc = np.empty(q_)
     _per_column(k, inner, kc)
     for blk in prange(nblk):
-        _sums_cols(blk, nblk, x, kc, p1, p2)
+        _sums_cols(blk, nblk, x, kc, p1, p2, tile)
     mean, var = _moments(p1, p2, k, inner, r_ * (q_ // c_))
     if y.size:
         mu, a, s = _affine(mean, var, eps, w, b, narrow)
@@ -437,14 +475,14 @@ def normalize_cols(nblk, x, inner, mean, var, eps, w, b, y, cx):
 
 
 @kernel
-def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2, cx):
+def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2, cx, tile):
     """backward_ncl for the (R, Q) column view."""
     r_, q_ = x.shape
     c_ = mean.shape[0]
     mc = np.empty(q_)
     _per_column(mean, inner, mc)
     for blk in prange(nblk):
-        _dot_cols(blk, nblk, dy, x, mc, p1, p2)
+        _dot_cols(blk, nblk, dy, x, mc, p1, p2, tile)
     s_dy = _totals(p1, inner, c_)
     s_dyx = _totals(p2, inner, c_)
     dweight, a, k2, k3 = _grad_coefficients(s_dy, s_dyx, var, eps, w, r_ * (q_ // c_),

@@ -182,7 +182,7 @@ class NumbaBackend(Backend):
             mean, var = k.forward_cols.run(p.nblk, x2, p.inner, x.shape[1], eps, _f64(weight),
                                            _f64(bias), y2,
                                            narrow, *upd, *_partials(p.nblk, x2.shape[1]),
-                                           np.empty((3, x2.shape[1]), x.dtype))
+                                           np.empty((3, x2.shape[1]), x.dtype), _plan.COLS_TILE)
         else:
             y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _f64(weight), _f64(bias), y,
@@ -221,7 +221,8 @@ class NumbaBackend(Backend):
             x2 = _cols(x, p)
             dweight, s_dy, s_dyx = k.backward_cols.run(p.nblk, _cols(dy, p), x2, p.inner,
                                                        *args, dx2, *_partials(p.nblk, x2.shape[1]),
-                                                       np.empty((4, x2.shape[1]), x.dtype))
+                                                       np.empty((4, x2.shape[1]), x.dtype),
+                                                       _plan.COLS_TILE)
         else:
             dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
             dweight, s_dy, s_dyx = k.backward_ncl.run(p.nblk, dy, x, p.pieces, *args, dx,
