@@ -1,14 +1,15 @@
 """numba's threading layer as the numba backend uses it.
 
 * **Started once per process, before the first kernel runs or is loaded from the disk cache.**
-  Every kernel links ``_blocks._run_blocks``, a parallel loop, and numba starts the layer when it
-  loads such a kernel from the disk cache only if the kernel was saved with numba's hook for it.
-  A kernel compiled in a process that had loaded ``_run_blocks`` itself from the cache was saved
-  without it (numba does not carry a cached library's hooks over to the code that links it:
-  numba issue #8578, reproduced here with numba 0.68.1; numba PR #9950 proposes a fix). Loaded
-  by a later process before anything had started the layer, such a kernel crashed: a LayerNorm
-  script, then a BatchNorm2d script twice on a small input, each in a fresh process, and the
-  third died of a segmentation fault (tests/test_numba_cache.py).
+  numba starts the layer when it loads a parallel kernel from the disk cache only if the kernel
+  was saved with numba's hook for it, and a kernel compiled in a process that had loaded a
+  parallel callee from the cache was saved without it (numba does not carry a cached library's
+  hooks over to the code that links it: numba issue #8578, reproduced with numba 0.68.1; numba
+  PR #9950 proposes a fix). With the earlier backend's shared block runner, a LayerNorm script,
+  then a BatchNorm2d script twice on a small input, each in a fresh process, and the third died
+  of a segmentation fault (tests/test_numba_cache.py keeps that sequence). Each kernel is now
+  parallel itself, but serial variants run first on small inputs; starting the layer first
+  costs nothing and keeps every order safe.
 * **One kernel at a time where the layer is not threadsafe.** numba falls back to its
   ``workqueue`` layer where neither OpenMP nor TBB can be loaded, and that layer aborts the
   process when two Python threads run parallel regions at once ("Concurrent access has been
