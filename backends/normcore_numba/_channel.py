@@ -38,12 +38,12 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, inline, kernel
 
 # ---------------------------------------------------------------- helpers (inlined by LLVM)
 
 
-@helper
+@inline
 def _shift(v):
     """A sample of the data as the shift of its sums: v itself, or 0 where v is not finite."""
     v = np.float64(v)
@@ -74,7 +74,7 @@ def _dot(dy, x, mu):
     return s1, s2
 
 
-@helper
+@inline
 def _totals(p, inner, c_):
     """Per-channel totals of (nblk, Q) partials, column j in channel (j // inner) % C: block
     order, then column order."""
@@ -92,7 +92,7 @@ def _totals(p, inner, c_):
     return out
 
 
-@helper
+@inline
 def _moments(p1, p2, k, inner, m):
     """(mean, biased var) per channel, float64, from partials of sums shifted by k."""
     c_ = k.shape[0]
@@ -108,14 +108,14 @@ def _moments(p1, p2, k, inner, m):
     return mean, var
 
 
-@helper
+@inline
 def _narrow(v, narrow):
     """v rounded to float32 where the statistics of this input are float32 (the layers then
     normalize with the statistics they return, as the reference does)."""
     return np.float64(np.float32(v)) if narrow else v
 
 
-@helper
+@inline
 def _affine(mean, var, eps, w, b, narrow):
     """(mu, a, s): y = (x - mu) * a + s per channel; w/b of size 0 mean 1 and 0."""
     c_ = mean.shape[0]
@@ -131,7 +131,7 @@ def _affine(mean, var, eps, w, b, narrow):
     return mu, a, s
 
 
-@helper
+@inline
 def _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v):
     """The running update into out_m/out_v (float64); nothing when rm is empty."""
     for c in range(rm.shape[0]):
@@ -139,7 +139,7 @@ def _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v):
         out_v[c] = (1.0 - momentum) * rv[c] + momentum * corr * _narrow(var[c], narrow)
 
 
-@helper
+@inline
 def _rounded(mu, a, k, cx):
     """cx[0] = mu rounded to x's dtype (cx's), m; cx[1] = a; cx[2] = k - a * (mu - m) for maps
     ``(x - mu) * a + k``, computed as ``(x - m) * a + (k - a * (mu - m))``: x - m is exact near
@@ -153,7 +153,7 @@ def _rounded(mu, a, k, cx):
         cx[2, c] = k[c] - a[c] * (mu[c] - np.float64(m))
 
 
-@helper
+@inline
 def _rounded_grad(mu, a, k2, k3, cx):
     """_rounded for dx = a * dy - k2 * (x - mu) - k3: cx = (m, a, k2, k3 - k2 * (mu - m))."""
     tp = cx.dtype.type
@@ -165,7 +165,7 @@ def _rounded_grad(mu, a, k2, k3, cx):
         cx[3, c] = k3[c] - k2[c] * (mu[c] - np.float64(m))
 
 
-@helper
+@inline
 def _columns(cc, inner, cx):
     """The per-channel coefficient rows cc (rows, C) repeated per column into cx (rows, Q):
     column j in channel (j // inner) % C."""
@@ -173,7 +173,7 @@ def _columns(cc, inner, cx):
         _per_column(cc[r], inner, cx[r])
 
 
-@helper
+@inline
 def _per_column(v, inner, out):
     """out[j] = v[(j // inner) % C]: a per-channel vector per column, in out's dtype (x's: the
     maps then run in x's precision, float32 lanes for float32 input)."""
@@ -185,7 +185,7 @@ def _per_column(v, inner, out):
                 out[base + c * inner + i] = t
 
 
-@helper
+@inline
 def _grad_coefficients(s_dy, s_dyx, var, eps, w, m, batch_stats):
     """(dweight, a, k2, k3): dx = a * dy - k2 * (x - mu) - k3, from the per-channel sums of dy
     and dy * (x - mu); k2 = k3 = 0 for fixed statistics (evaluation)."""
@@ -209,7 +209,7 @@ def _grad_coefficients(s_dy, s_dyx, var, eps, w, m, batch_stats):
 # ---------------------------------------------------------------- block bodies, layout ncl
 
 
-@helper
+@inline
 def _first(blk, nblk, units, pieces, c_):
     """Block blk's first unit and end, and the first unit's (n, c, piece): units are (n, c)
     rows cut into ``pieces``, in (n, c, piece) order. A block decodes its first unit once and
@@ -219,7 +219,7 @@ def _first(blk, nblk, units, pieces, c_):
     return u0, (blk + 1) * units // nblk, row // c_, row % c_, u0 - row * pieces
 
 
-@helper
+@inline
 def _next(n, c, j, pieces, c_):
     j += 1
     if j == pieces:
@@ -231,7 +231,7 @@ def _next(n, c, j, pieces, c_):
     return n, c, j
 
 
-@helper
+@inline
 def _span(j, pieces, l_):
     """Piece j's [lo, hi) of a row of l_."""
     if pieces == 1:

@@ -27,10 +27,10 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, inline, kernel
 
 
-@helper
+@inline
 def _shift(v, center):
     """The shift of a row's sums: its first element (0 where not finite; 0 for RMS)."""
     v = np.float64(v)
@@ -49,7 +49,7 @@ def _sums(v, k):
     return s1, s2
 
 
-@helper
+@inline
 def _moments(s1, s2, k, m, center):
     """(mean, biased var) from sums shifted by k; RMS: (0, mean of squares)."""
     if center:
@@ -115,7 +115,7 @@ def _dx_map(dyr, xr, wr, mu, rstd, sg, sgh, center, dxr):
         dxr[i] = r * ((wr[i] * dyr[i] - a2 * (xr[i] - m)) - a3)
 
 
-@helper
+@inline
 def _rstd(v, eps):
     return 1.0 / math.sqrt(v + eps)
 
@@ -169,7 +169,7 @@ def _tile4(dy, x, n, g, mean, var, eps, w, center, dx, pw, pb):
     _dx_map(d3, x3, wr, mu3, rs3, s3, q3, center, dx[n + 3, g])
 
 
-@helper
+@inline
 def _about(x, mu, rstd):
     """(m, r, e) in x's dtype: xhat = (x - mu) * rstd = (x - m) * r - e, with m the mean rounded
     to x's dtype (x - m is exact near the mean) and e its rounding's share, so that xhat keeps

@@ -91,6 +91,13 @@ def kernel(fn: Any) -> Kernel:
     return Kernel(fn)
 
 
+def inline(fn: Any) -> Any:
+    """Decorator for the small serial helpers (per-channel finishing, index arithmetic): inlined
+    at numba's IR level, so they are not compiled as functions of their own (each costs its own
+    typing and LLVM pass: part of a cold first call)."""
+    return njit(inline="always", **FLAGS)(_renamed(fn, "in"))
+
+
 def helper(fn: Any) -> Any:
     """Decorator for the functions a kernel calls (same options, named with the options' hash;
     LLVM inlines them. numba's own ``inline="always"`` compiled faster but ran some kernels

@@ -20,10 +20,10 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel
+from ._jit import helper, inline, kernel
 
 
-@helper
+@inline
 def _shift(v):
     v = np.float64(v)
     return v if math.isfinite(v) else 0.0
