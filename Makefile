@@ -53,10 +53,11 @@ digits: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# The whole suite on every CPU backend, then the conformance suite on the numba-cuda backend
-# under Numba's CUDA simulator (no GPU needed). NORMCORE_NUMBA_SERIAL_MAX=0: the numba backend
-# runs its parallel kernels even on the suite's small inputs (by default those run on the calling
-# thread, through serial twins that tests/test_numba_serial.py proves equal bit for bit).
+# The whole suite on every CPU backend, then the conformance suite and the edge, non-finite and
+# hardening tests on the numba-cuda backend under Numba's CUDA simulator (no GPU needed).
+# NORMCORE_NUMBA_SERIAL_MAX=0: the numba backend runs its parallel kernels even on the suite's
+# small inputs (by default those run on the calling thread, through serial twins that
+# tests/test_numba_serial.py proves equal bit for bit).
 test: setup lint
 	NORMCORE_NUMBA_SERIAL_MAX=0 $(BIN)/python -m pytest -q
 	$(MAKE) asv-check
@@ -64,7 +65,8 @@ test: setup lint
 
 test-cudasim: setup
 	NUMBA_ENABLE_CUDASIM=1 NORMCORE_TEST_BACKEND=numba-cuda NORMCORE_TEST_QUICK=1 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider normcore/testing
+		$(BIN)/python -m pytest -q -p no:cacheprovider normcore/testing tests/test_edges.py \
+		tests/test_nonfinite.py tests/test_hardening.py
 
 clean:
 	rm -rf $(VENV) .asv build *.egg-info examples/*/src/*.egg-info
