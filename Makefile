@@ -56,7 +56,7 @@ lint: setup
 # The whole suite on every CPU backend, then the conformance suite and the edge, non-finite and
 # hardening tests on the numba-cuda backend under Numba's CUDA simulator (no GPU needed).
 # NORMCORE_NUMBA_SERIAL_MAX=0: the numba backend runs its parallel kernels even on the suite's
-# small inputs (by default those run on the calling thread, through serial twins that
+# small inputs (by default those run on the calling thread, through serial variants that
 # tests/test_numba_serial.py proves equal bit for bit).
 test: setup lint
 	NORMCORE_NUMBA_SERIAL_MAX=0 $(BIN)/python -m pytest -q

@@ -49,7 +49,7 @@ import numpy as np
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import normcore
-    from normcore_numba import _pool, backend
+    from normcore_numba import _plan, _pool
     layer = normcore.LayerNorm(4096, backend="numba")
     x = np.random.default_rng(0).standard_normal((128, 4096)).astype(np.float32)  # 2 MiB
     y = layer(x)
@@ -58,7 +58,7 @@ for name in ("NORMCORE_NUMBA_POOL_MB", "NORMCORE_NUMBA_SERIAL_MAX"):
     del os.environ[name]
 status = {b.name: b.status for b in normcore.list_backends(check=True)}
 print(json.dumps({"limit": _pool.POOL.limit, "default_limit": _pool._default_limit(),
-                  "serial_max": backend.SERIAL_MAX, "numba": status["numba"], "ok": ok,
+                  "serial_max": _plan.SERIAL_MAX, "numba": status["numba"], "ok": ok,
                   "pooled": y.base is not None,
                   "warnings": [str(w.message) for w in caught]}))
 """

@@ -1,7 +1,8 @@
-"""The numba backend's float32 lanes (see backends/normcore_numba/_simd.py) sum about a shift
-rounded to float32; sums about a float64 mean are moved back onto it. These check that move with
-statistics that are not float32-exact (float64 ones), which the conformance kit does not require
-of every backend."""
+"""The numba backend sums in float64 about a sample of the data, and runs its maps in x's dtype
+about the mean rounded to it, the rounding moved into the map's shift (see
+backends/normcore_numba/_channel.py and _group.py). These check that move with statistics that
+are not float32-exact (float64 ones), and the shifted sums with an outlying sample, on every
+layout the plan picks; the conformance kit does not require this of every backend."""
 
 from __future__ import annotations
 
@@ -45,13 +46,11 @@ def test_backward_float64_statistics_of_float32_data_with_mean_1e4(layout: str) 
 @pytest.mark.parametrize("n_c", [(300, 3), (6, 150), (40, 9)])
 def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: type,
                                                             n_c: tuple[int, int]) -> None:
-    """The row-range kernels (rows of up to 512) and the strip kernels (rows under 64, N >= 16)
-    sum float32 lanes about x[0, c, 0], flushing them into float64 every few rows: with that
-    sample 8 std away from the mean (the worst case for shifted sums) and mean 1e4, mean and
-    variance stay within 2e-5 relative of float64. Lengths cross the 16-lane vectors, the masked
-    tail, the flush period and (C * L) slabs of more and fewer than one wide strip; N = 6 keeps
-    the row-range kernel for short rows, L = 1 with C = 150 the channels-last one; channels-last
-    copies with enough (n, l) rows go by strips of grouped rows of C."""
+    """Per-channel sums about x[0, c, 0] (float64), on (n, c) rows and on (C, L) slabs and rows
+    of C channels (the column kernels): with that sample 8 std away from the mean (the worst case
+    for shifted sums) and mean 1e4, mean and variance stay within 2e-5 relative of float64.
+    Lengths around the vector widths and the slab limit; N = 6 too few slabs for the column
+    kernels, L = 1 with C = 150 rows of C channels; contiguous, n-strided and channels-last."""
     rng = np.random.default_rng(length)
     x = rng.normal(1e4, 1.0, size=(*n_c, length)).astype(dtype)
     x[0, :, 0] += 8.0
@@ -70,10 +69,10 @@ def test_short_row_statistics_with_an_outlying_shift_sample(length: int, dtype: 
 @pytest.mark.parametrize("layout", ["rows", "rows_sliced", "groups_flat", "groups"])
 def test_group_backward_of_float32_data_with_mean_1e4(layout: str, wdtype: type) -> None:
     """The row-view backward (LayerNorm/RMSNorm rows, GroupNorm rows) with float32 data at mean
-    1e4 and float64 statistics: dx and the column sums of dweight/dbias (float32 lanes about the
-    mean rounded to float32, in tiles of rows) stay within 1e-5 of their largest entry. Row
-    counts that are no multiple of the tile, several groups (the g-major walk), strided rows (the
-    scalar path) and a float64 weight (float64 lanes)."""
+    1e4 and float64 statistics: dx and the column sums of dweight/dbias (x's dtype about the mean
+    rounded to it, its rounding carried separately, in tiles of four rows) stay within 1e-5 of
+    their largest entry. Row counts that are no multiple of the tile, several groups (the g-major
+    walk), strided rows and a float64 weight."""
     rng = np.random.default_rng(11)
     shape = {"rows": (21, 1, 300, 1), "rows_sliced": (13, 1, 77, 1),
              "groups_flat": (11, 3, 2, 8), "groups": (5, 2, 3, 40)}[layout]

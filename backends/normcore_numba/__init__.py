@@ -1,9 +1,10 @@
-"""normcore's Numba CPU backend: parallel (prange) kernels; float64 input is summed in float64,
-float32 input in float32 lanes of 32 terms that are added into float64 (docs/backends.md).
+"""normcore's Numba CPU backend: plain ``@njit`` kernels with one ``prange`` loop over blocks of
+work, statistics summed in float64 for every dtype (docs/backends.md).
 
 Importing this package is light (it does not import numba); the backend class lives in
-``normcore_numba.backend`` and the compiled kernels in the private ``_*.py`` modules, which are
-imported on the first kernel call and compiled per kernel on first use (cached on disk).
+``normcore_numba.backend``, the compiled kernels in ``_channel``, ``_group`` and ``_rows`` (one
+module per view), how they compile in ``_jit`` and every tunable in ``_plan``. Kernel modules are
+imported on the first kernel call and each kernel compiles on first use (cached on disk).
 """
 
 #: Metadata read by normcore's registry without importing the backend module.
@@ -12,8 +13,7 @@ INFO = {
     "array_library": "numpy",
     "requires": ["numba"],
     "priority": 20,
-    "description": "Numba parallel CPU kernels (prange, float32 sums in blocks of 32 terms, float64 beyond; "
-                   "on-disk cache)",
+    "description": "Numba parallel CPU kernels (prange, float64 sums; on-disk cache)",
 }
 
 

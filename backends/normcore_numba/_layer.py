@@ -1,14 +1,15 @@
 """numba's threading layer as the numba backend uses it.
 
 * **Started once per process, before the first kernel runs or is loaded from the disk cache.**
-  Every kernel links ``_blocks._run_blocks``, a parallel loop, and numba starts the layer when it
-  loads such a kernel from the disk cache only if the kernel was saved with numba's hook for it.
-  A kernel compiled in a process that had loaded ``_run_blocks`` itself from the cache was saved
-  without it (numba does not carry a cached library's hooks over to the code that links it:
-  numba issue #8578, reproduced here with numba 0.68.1; numba PR #9950 proposes a fix). Loaded
-  by a later process before anything had started the layer, such a kernel crashed: a LayerNorm
-  script, then a BatchNorm2d script twice on a small input, each in a fresh process, and the
-  third died of a segmentation fault (tests/test_numba_cache.py).
+  numba starts the layer when it loads a parallel kernel from the disk cache only if the kernel
+  was saved with numba's hook for it, and a kernel compiled in a process that had loaded a
+  parallel callee from the cache was saved without it (numba does not carry a cached library's
+  hooks over to the code that links it: numba issue #8578, reproduced with numba 0.68.1; numba
+  PR #9950 proposes a fix). With the earlier backend's shared block runner, a LayerNorm script,
+  then a BatchNorm2d script twice on a small input, each in a fresh process, and the third died
+  of a segmentation fault (tests/test_numba_cache.py keeps that sequence). Each kernel is now
+  parallel itself, but serial variants run first on small inputs; starting the layer first
+  costs nothing and keeps every order safe.
 * **One kernel at a time where the layer is not threadsafe.** numba falls back to its
   ``workqueue`` layer where neither OpenMP nor TBB can be loaded, and that layer aborts the
   process when two Python threads run parallel regions at once ("Concurrent access has been
@@ -98,9 +99,7 @@ def settle() -> None:
             if layer == "workqueue":
                 _one_at_a_time = threading.RLock()
             if layer == "omp":
-                from numba.np.ufunc import omppool
-
-                _gnu_omp = getattr(omppool, "openmp_vendor", "GNU") == "GNU"  # not fork-safe
+                _gnu_omp = _gnu_openmp_loaded()  # not fork-safe
             _started = True
         if _forked:
             _forked = False
@@ -115,6 +114,19 @@ def settle() -> None:
                 for name, method in originals.items():
                     setattr(cls, name, method)
         _settled = True
+
+
+def _gnu_openmp_loaded(maps: str = "/proc/self/maps") -> bool:
+    """Whether GNU OpenMP (libgomp) is loaded in this process, read from the loader's map (numba
+    says which OpenMP its ``omp`` layer runs only through a private module). Where the map cannot
+    be read (not Linux: numba's ``omp`` layer there is LLVM's or Intel's), False. torch's wheels
+    bring a libgomp of their own: with torch loaded beside an Intel-OpenMP numba this says True,
+    and forked children run on one thread, which is safe."""
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as fh:
+            return "libgomp" in fh.read()
+    except OSError:
+        return False
 
 
 def _after_fork_in_child() -> None:

@@ -1,96 +1,115 @@
-"""Row-view kernels (weight standardization): x2 of shape (R, K), statistics per row.
+"""Row-view kernels (weight standardization) and dropout.
 
-Bandwidth accounting per element (s = itemsize): forward reads x twice (mean, then centered
-sum of squares: an exact two-pass like the reference; the second read hits cache for the small
-rows of a weight tensor) and writes y -> 2s in DRAM terms; backward reads x, dy for the row sums
-and again for dx, writes dx -> 3s. Rows are independent (no cross-row reduction): one block per thread
-over blocks of rows (``_blocks.parallel_blocks``), deterministic.
+Weight standardization, x2 (R, K), statistics per row: the forward reads each row twice (its
+mean, then the centered sum of squares: an exact two-pass as in the reference; the second read
+hits cache, weight rows are short) and writes y -> 2s per element from memory (s = itemsize);
+the backward reads x and dy for the row sums and again for dx, writes dx -> 3s. Rows are
+independent: one contiguous range of rows per block.
+
+Dropout: read x, write y -> 2s, like a copy. The keep mask is the SplitMix64 hash of each
+element's flat C-order index (``normcore.backend.dropout_keep_mask``), computed in uint64, never
+stored. Elements are independent: one contiguous range per block.
+
+Every ``@njit`` function these kernels compile lives in this file (see ``_jit`` on the cache).
 """
 
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-from numba import njit
+from numba import prange
 
-from ._blocks import parallel_blocks
-from ._common import HELPER, all_set, borrow, dot2_centered, empty, finite, sample_shift, sums_shifted
-
-#: The fingerprint of the package's compiled code (see _fingerprint): in this file, so
-#: that numba's disk cache drops these kernels whenever any of that code changes.
-CODE_SHA256 = "6adc431478b936b911208132f5a59a11b8b1334d36670d322a76640b09a89b74"
+from ._jit import helper, inline, kernel
 
 
-@njit(inline="always", **HELPER)
-def _standardize_body(b, a):
-    x, eps, ddof, eps_in_root, y, mean, denom, nblk, ok = a
+@inline
+def _shift(v):
+    v = np.float64(v)
+    return v if math.isfinite(v) else 0.0
+
+
+@helper
+def _sums(v, k):
+    """(sum(v - k), sum((v - k)**2)) in float64."""
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(v.shape[0]):
+        t = np.float64(v[i]) - k
+        s1 += t
+        s2 += t * t
+    return s1, s2
+
+
+@kernel
+def standardize(nblk, x, eps, ddof, eps_in_root, y, mean, denom):
+    """y = (x - mean) / denom per row; float64 mean and denom into mean, denom (R,)."""
+    r_, k_ = x.shape
+    for blk in prange(nblk):
+        for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
+            xr = x[r]
+            k = _shift(xr[0])  # a constant row's mean is then exactly its value
+            s1, _ = _sums(xr, k)
+            mu = k + s1 / k_
+            _, q = _sums(xr, mu)
+            v = q / (k_ - ddof)
+            dn = math.sqrt(v + eps) if eps_in_root else math.sqrt(v) + eps
+            mean[r] = mu
+            denom[r] = dn
+            inv = 1.0 / dn
+            yr = y[r]
+            for i in range(k_):
+                yr[i] = (np.float64(xr[i]) - mu) * inv
+
+
+@kernel
+def standardize_backward(nblk, dy, x, mean, denom, ddof, eps_in_root, dx):
+    """dx into dx (see Backend.standardize_rows_backward)."""
     r_, k_ = x.shape
     n = k_ - ddof
-    fin = True
-    for r in range(b * r_ // nblk, (b + 1) * r_ // nblk):
-        xr = x[r]
-        k = sample_shift(xr[0])  # a constant row's mean is then exactly its value
-        s1, _ = sums_shifted(xr, k)
-        mu = k + s1 / k_
-        _, q = sums_shifted(xr, mu)
-        fin = fin and finite(mu, q)
-        v = q / n
-        dn = math.sqrt(v + eps) if eps_in_root else math.sqrt(v) + eps
-        mean[r] = mu
-        denom[r] = dn
-        inv = 1.0 / dn
-        yr = y[r]
-        for i in range(k_):
-            yr[i] = (numba.float64(xr[i]) - mu) * inv
-    ok[b] = fin
+    for blk in prange(nblk):
+        for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
+            xr = x[r]
+            dyr = dy[r]
+            mu = mean[r]
+            d = denom[r]
+            sdy = 0.0
+            s = 0.0
+            for i in range(k_):
+                t = np.float64(dyr[i])
+                sdy += t
+                s += t * (np.float64(xr[i]) - mu)
+            if eps_in_root:
+                coef = s / (n * d * d * d)
+            else:
+                _, q = _sums(xr, mu)
+                root = math.sqrt(q / n)
+                coef = s / (n * root * d * d) if root > 0 else 0.0
+            mdy = sdy / k_
+            dxr = dx[r]
+            for i in range(k_):
+                dxr[i] = (np.float64(dyr[i]) - mdy) / d - (np.float64(xr[i]) - mu) * coef
 
 
-@njit(**HELPER)
-def standardize(x, eps, ddof, eps_in_root, y, nblk):
-    """Returns (mean, denom, whether every statistic is finite: see _common.finite)."""
-    x, y = borrow((x, y))
-    r_ = x.shape[0]
-    mean = empty(r_, np.float64)
-    denom = empty(r_, np.float64)
-    ok = empty(nblk, np.uint8)
-    parallel_blocks(_standardize_body, nblk, (x, eps, ddof, eps_in_root, y, mean, denom, nblk, ok))
-    return mean, denom, all_set(ok)
+_C0 = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(inline="always", **HELPER)
-def _standardize_backward_body(b, a):
-    dy, x, mean, denom, ddof, eps_in_root, dx, nblk, ok = a
-    r_, k_ = x.shape
-    n = k_ - ddof
-    fin = True
-    for r in range(b * r_ // nblk, (b + 1) * r_ // nblk):
-        xr = x[r]
-        dyr = dy[r]
-        mu = numba.float64(mean[r])
-        d = numba.float64(denom[r])
-        sdy, s = dot2_centered(dyr, xr, mu)
-        fin = fin and finite(sdy, s)
-        if eps_in_root:
-            coef = s / (n * d * d * d)
-        else:
-            _, q = sums_shifted(xr, mu)
-            fin = fin and finite(q, 0.0)
-            root = math.sqrt(q / n)
-            coef = s / (n * root * d * d) if root > 0 else 0.0
-        mdy = sdy / k_
-        dxr = dx[r]
-        for i in range(k_):
-            dxr[i] = (numba.float64(dyr[i]) - mdy) / d - (numba.float64(xr[i]) - mu) * coef
-    ok[b] = fin
+@helper
+def _splitmix64(z):
+    z = z + _C0
+    z = (z ^ (z >> np.uint64(30))) * _C1
+    z = (z ^ (z >> np.uint64(27))) * _C2
+    return z ^ (z >> np.uint64(31))
 
 
-@njit(**HELPER)
-def standardize_backward(dy, x, mean, denom, ddof, eps_in_root, dx, nblk):
-    """dx into dx; returns whether every row's sums are finite."""
-    dy, x, dx = borrow((dy, x, dx))
-    ok = empty(nblk, np.uint8)
-    parallel_blocks(_standardize_backward_body, nblk, (dy, x, mean, denom, ddof, eps_in_root, dx,
-                                                       nblk, ok))
-    return all_set(ok)
+@kernel
+def dropout(nblk, x, seed, threshold, scale, y):
+    """y[i] = x[i] * scale where splitmix64(seed ^ splitmix64(i)) >> 40 >= threshold, else 0,
+    for 1-D C-order x and y."""
+    n = x.shape[0]
+    for blk in prange(nblk):
+        for i in range(blk * n // nblk, (blk + 1) * n // nblk):
+            h = _splitmix64(seed ^ _splitmix64(np.uint64(i)))
+            y[i] = np.float64(x[i]) * scale if (h >> np.uint64(40)) >= threshold else 0.0

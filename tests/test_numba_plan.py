@@ -1,0 +1,105 @@
+"""``normcore_numba._plan``: the one place that decides how a numba kernel call cuts its work."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+from normcore_numba import _plan  # noqa: E402
+from normcore_numba._plan import plan  # noqa: E402
+
+PKG = pathlib.Path(_plan.__file__).parent
+
+
+def _p(view, a, nt):
+    return plan(view, a.shape, a.strides, a.itemsize, nt)
+
+
+def test_small_inputs_run_serially(monkeypatch):
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 32768)
+    assert _plan.threads(32768) == 1
+    assert _plan.threads(32769) == numba.get_num_threads()
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 0)
+    assert _plan.threads(1) == numba.get_num_threads()
+
+
+def test_the_threshold_comes_from_the_environment():
+    code = "from normcore_numba import _plan; print(_plan.SERIAL_MAX)"
+    for raw, want in (("0", "0"), ("1000", "1000"), (None, "32768")):
+        env = {k: v for k, v in __import__("os").environ.items() if k != "NORMCORE_NUMBA_SERIAL_MAX"}
+        if raw is not None:
+            env["NORMCORE_NUMBA_SERIAL_MAX"] = raw
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == want, out.stderr
+
+
+def test_channel_layouts():
+    f32 = np.float32
+    nchw = np.empty((32, 64, 56, 56), f32).reshape(32, 64, -1)
+    assert _p("channel", nchw, 2) == ("ncl", 2, 1, 1)
+    nhwc = np.empty((32, 56, 56, 64), f32).transpose(0, 3, 1, 2).reshape(32, 64, -1)
+    assert _p("channel", nhwc, 2) == ("cols", 2, 8, 1)  # rows of C channels, 8 taken as one
+    assert _p("channel", np.empty((4096, 512, 1), f32), 2) == ("cols", 2, 1, 1)  # BatchNorm1d
+    assert _p("channel", np.empty((65536, 16, 1), f32), 2) == ("cols", 2, 32, 1)
+    assert _p("channel", np.empty((12, 16, 1), f32), 1) == ("cols", 1, 2, 1)  # 2 divides 12
+    slabs = np.empty((256, 64, 64), f32)  # short rows in small (C, L) slabs
+    assert _p("channel", slabs, 2) == ("cols", 2, 1, 64)
+    assert _p("channel", np.empty((256, 2, 16), f32), 2) == ("cols", 2, 16, 16)
+    assert _p("channel", np.empty((2, 64, 64), f32), 2).layout == "ncl"  # too few slabs
+    few = np.empty((1, 3, 1 << 20), f32)  # few long rows: cut into pieces
+    p = _p("channel", few, 2)
+    assert p.layout == "ncl" and p.nblk == 2 and p.pieces * 3 >= _plan.UNITS_PER_THREAD * 2
+    assert _p("channel", few, 1) == ("ncl", 1, 1, 1)  # serial: no pieces
+
+
+def test_group_layouts():
+    f32 = np.float32
+    assert _p("group", np.empty((8192, 1, 1024, 1), f32), 2) == ("flat", 2, 1, 1)  # LayerNorm
+    assert _p("group", np.empty((16, 32, 8, 1024), f32), 2).layout == "lines"  # GroupNorm
+    assert _p("group", np.empty((16, 32, 8, 49), f32), 2).layout == "flat"  # short L
+    strided = np.empty((16, 32, 8, 98), f32)[..., ::2]
+    assert _p("group", strided, 2).layout == "lines"
+    assert _p("group", np.empty((1, 1, 8, 1), f32), 2).nblk == 1  # one row: one block
+
+
+def test_kernel_modules_compile_only_their_own_functions():
+    """numba keys a cached kernel on its own file: a helper from another file could change
+    without the kernel recompiling. The kernel modules import nothing compiled from elsewhere."""
+    for name in ("_channel.py", "_group.py", "_rows.py"):
+        tree = ast.parse((PKG / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = {a.name for a in node.names}
+                if node.level:
+                    assert node.module == "_jit" and names <= {"helper", "inline", "kernel"}, name
+                else:
+                    assert node.module in ("__future__", "numba"), (name, node.module)
+                    assert node.module != "numba" or names == {"prange"}, name
+
+
+def test_no_private_numba_or_llvmlite_imports():
+    root = PKG.parent.parent
+    for path in [*(root / "backends").rglob("*.py"), *(root / "normcore").rglob("*.py")]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                    else [])
+            for m in mods:
+                assert not m.startswith(("numba.core", "llvmlite", "numba.np.ufunc")), (path, m)
+
+
+def test_kernel_names_are_the_same_in_every_process():
+    """The options' hash names numba's cache files: a hash that changed with the process's
+    string hashing (set order) made every process recompile every kernel."""
+    code = "from normcore_numba import _jit; print(_jit.TAG)"
+    tags = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}
+                           ).stdout for seed in (1, 2, 3)}
+    assert len(tags) == 1 and len(tags.pop().strip()) == 8
