@@ -42,16 +42,21 @@ def test_the_threshold_comes_from_the_environment():
 def test_channel_layouts():
     f32 = np.float32
     nchw = np.empty((32, 64, 56, 56), f32).reshape(32, 64, -1)
-    assert _p("channel", nchw, 2) == ("ncl", 2, 1, 1)
+    # channels of at most CHAN_BYTES: channel by channel, blocks of channels
+    assert _p("channel", nchw, 2) == ("chan", 2 * _plan.UNITS_PER_THREAD, 1, 1)
+    big = np.empty((32, 64, 128 * 128), f32)  # 2 MiB channels: (n, c) rows, n-major
+    assert _p("channel", big, 2) == ("ncl", 2, 1, 1)
     nhwc = np.empty((32, 56, 56, 64), f32).transpose(0, 3, 1, 2).reshape(32, 64, -1)
-    assert _p("channel", nhwc, 2) == ("cols", 2, 8, 1)  # rows of C channels, 8 taken as one
-    assert _p("channel", np.empty((4096, 512, 1), f32), 2) == ("cols", 2, 1, 1)  # BatchNorm1d
-    assert _p("channel", np.empty((65536, 16, 1), f32), 2) == ("cols", 2, 32, 1)
+    cb = 2 * _plan.COLS_BLOCKS
+    assert _p("channel", nhwc, 2) == ("cols", cb, 8, 1)  # rows of C channels, 8 taken as one
+    assert _p("channel", np.empty((4096, 512, 1), f32), 2) == ("cols", cb, 1, 1)  # BatchNorm1d
+    assert _p("channel", np.empty((65536, 16, 1), f32), 2) == ("cols", cb, 32, 1)
     assert _p("channel", np.empty((12, 16, 1), f32), 1) == ("cols", 1, 2, 1)  # 2 divides 12
     slabs = np.empty((256, 64, 64), f32)  # short rows in small (C, L) slabs
     assert _p("channel", slabs, 2) == ("cols", 2, 1, 64)
     assert _p("channel", np.empty((256, 2, 16), f32), 2) == ("cols", 2, 16, 16)
-    assert _p("channel", np.empty((2, 64, 64), f32), 2).layout == "ncl"  # too few slabs
+    assert _p("channel", np.empty((2, 64, 64), f32), 2).layout == "chan"  # too few slabs
+    assert _p("channel", np.empty((2, 1, 64), f32), 2).layout == "ncl"  # fewer channels than threads
     few = np.empty((1, 3, 1 << 20), f32)  # few long rows: cut into pieces
     p = _p("channel", few, 2)
     assert p.layout == "ncl" and p.nblk == 2 and p.pieces * 3 >= _plan.UNITS_PER_THREAD * 2

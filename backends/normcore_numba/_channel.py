@@ -383,6 +383,74 @@ def _grad_cols(blk, nblk, dy, x, cx, dx):
             dxr[j] = ac[j] * dyr[j] - k2c[j] * (xr[j] - mc[j]) - k3c[j]
 
 
+# ---------------------------------------------------------------- channel-major, layout chan
+
+
+@helper
+def _fwd_chan(c, x, eps, w, b, y, narrow, mean, var):
+    """Channel c's sums over its N rows, its statistics, then its map while the channel is
+    still in the L2 cache (see forward_chan)."""
+    n_, _, l_ = x.shape
+    m = n_ * l_
+    k = _shift(x[0, c, 0])
+    s1 = 0.0
+    s2 = 0.0
+    for n in range(n_):
+        a1, a2 = _sums(x[n, c], k)
+        s1 += a1
+        s2 += a2
+    m1 = s1 / m
+    v = s2 / m - m1 * m1
+    v = 0.0 if v < 0.0 else v  # NaN stays NaN
+    mean[c] = k + m1
+    var[c] = v
+    if y.size:
+        mu = _narrow(k + m1, narrow)
+        a = 1.0 / math.sqrt(_narrow(v, narrow) + eps)
+        if w.shape[0]:
+            a *= w[c]
+        tp = y.dtype.type
+        mm = tp(mu)  # as _rounded: x - mu = (x - mm) - (mu - mm)
+        t = tp((b[c] if b.shape[0] else 0.0) - a * (mu - np.float64(mm)))
+        f = tp(a)
+        for n in range(n_):
+            xr = x[n, c]
+            yr = y[n, c]
+            for i in range(l_):
+                yr[i] = (xr[i] - mm) * f + t
+
+
+@helper
+def _bwd_chan(c, dy, x, mean, var, eps, w, batch_stats, dx, dweight, s_dy, s_dyx):
+    """Channel c's sums of dy and dy * (x - mu), its coefficients, then its dx while the
+    channel is still in the L2 cache (see backward_chan)."""
+    n_, _, l_ = x.shape
+    mu = mean[c]
+    s1 = 0.0
+    s2 = 0.0
+    for n in range(n_):
+        a1, a2 = _dot(dy[n, c], x[n, c], mu)
+        s1 += a1
+        s2 += a2
+    s_dy[c] = s1
+    s_dyx[c] = s2
+    rstd = 1.0 / math.sqrt(np.float64(var[c]) + eps)
+    dweight[c] = s2 * rstd
+    a = rstd * (w[c] if w.shape[0] else 1.0)
+    k2 = a * rstd * rstd * s2 / (n_ * l_) if batch_stats else 0.0
+    k3 = a * s1 / (n_ * l_) if batch_stats else 0.0
+    if dx.size:
+        tp = dx.dtype.type
+        mm = tp(mu)  # as _rounded_grad
+        f, g, h = tp(a), tp(k2), tp(k3 - k2 * (mu - np.float64(mm)))
+        for n in range(n_):
+            dyr = dy[n, c]
+            xr = x[n, c]
+            dxr = dx[n, c]
+            for i in range(l_):
+                dxr[i] = f * dyr[i] - g * (xr[i] - mm) - h
+
+
 # ---------------------------------------------------------------- kernels
 
 
@@ -494,3 +562,26 @@ def backward_cols(nblk, dy, x, inner, mean, var, eps, w, batch_stats, dx, p1, p2
         for blk in prange(nblk):
             _grad_cols(blk, nblk, dy, x, cx, dx)
     return dweight, s_dy, s_dyx
+
+
+@kernel
+def forward_chan(nblk, x, eps, w, b, y, narrow, rm, rv, momentum, corr, out_m, out_v, mean, var):
+    """forward_ncl channel by channel: each block takes a contiguous range of channels, and each
+    channel's map runs right after its sums, reading the channel again from the L2 cache instead
+    of memory (a channel of N * L elements fits it: ``_plan.CHAN_BYTES``). The statistics go
+    into mean, var (float64 (C,))."""
+    c_ = x.shape[1]
+    for blk in prange(nblk):
+        for c in range(blk * c_ // nblk, (blk + 1) * c_ // nblk):
+            _fwd_chan(c, x, eps, w, b, y, narrow, mean, var)
+    _update(mean, var, narrow, rm, rv, momentum, corr, out_m, out_v)
+
+
+@kernel
+def backward_chan(nblk, dy, x, mean, var, eps, w, batch_stats, dx, dweight, s_dy, s_dyx):
+    """backward_ncl channel by channel (see forward_chan); dweight, sum(dy) and
+    sum(dy * (x - mu)) into the last three (float64 (C,))."""
+    c_ = x.shape[1]
+    for blk in prange(nblk):
+        for c in range(blk * c_ // nblk, (blk + 1) * c_ // nblk):
+            _bwd_chan(c, dy, x, mean, var, eps, w, batch_stats, dx, dweight, s_dy, s_dyx)

@@ -183,6 +183,11 @@ class NumbaBackend(Backend):
                                            _f64(bias), y2,
                                            narrow, *upd, *_partials(p.nblk, x2.shape[1]),
                                            np.empty((3, x2.shape[1]), x.dtype), _plan.COLS_TILE)
+        elif p.layout == "chan":
+            y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
+            mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+            k.forward_chan.run(p.nblk, x, eps, _f64(weight), _f64(bias), y, narrow, *upd, mean, var)
+            y = y if normalize else None
         else:
             y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _f64(weight), _f64(bias), y,
@@ -223,6 +228,10 @@ class NumbaBackend(Backend):
                                                        *args, dx2, *_partials(p.nblk, x2.shape[1]),
                                                        np.empty((4, x2.shape[1]), x.dtype),
                                                        _plan.COLS_TILE)
+        elif p.layout == "chan":
+            dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
+            dweight, s_dy, s_dyx = (np.empty(x.shape[1]) for _ in range(3))
+            k.backward_chan.run(p.nblk, dy, x, *args, dx, dweight, s_dy, s_dyx)
         else:
             dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
             dweight, s_dy, s_dyx = k.backward_ncl.run(p.nblk, dy, x, p.pieces, *args, dx,
