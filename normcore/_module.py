@@ -13,11 +13,12 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _interop, registry
+from . import _fast, _interop, registry
 from . import functional as F
 from ._checks import check_dtype
 from ._parameter import Parameter
@@ -54,6 +55,10 @@ class Module:
     of one BatchNorm run one after the other; evaluation and stateless layers run side by side).
     """
 
+    #: The fast path's plans, by input (shape, dtype) (see :mod:`normcore._fast`); every
+    #: attribute assignment starts an empty dict.
+    _fast: Any = MappingProxyType({})
+
     def __init__(self, backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
         self.backend: Backend
         self.backend, why = registry.resolve(backend)
@@ -82,12 +87,13 @@ class Module:
         self._local.saved = saved
 
     def __getstate__(self) -> dict[str, Any]:
-        # a copy or a pickle starts with locks and saved contexts of its own
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_local")}
+        # a copy or a pickle starts with locks, saved contexts and fast-path plans of its own
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_local", "_fast")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._new_locks()
+        object.__setattr__(self, "_fast", {})
 
     # -------------------------------------------------------------- parameters and buffers
     def _param(self, name: str, shape: tuple[int, ...] | None, value: float) -> None:
@@ -112,6 +118,8 @@ class Module:
             buffers[name] = value
         else:
             object.__setattr__(self, name, value)
+        if name != "_saved":  # (anything else may change what a call does: no plan survives it)
+            object.__setattr__(self, "_fast", {})
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
         return ((k, p) for k, p in self._params.items() if p is not None)
@@ -239,16 +247,28 @@ class Module:
         """The forward. An array of another library (a torch tensor, a JAX array: anything with
         ``__dlpack__``) runs on the layer's backend and its output, like the input gradient of
         the matching :meth:`backward`, comes back in that library."""
-        if logger.isEnabledFor(logging.DEBUG):
+        debug = logger.isEnabledFor(logging.DEBUG)
+        plans = None
+        if type(input) is np.ndarray:
+            plans = self._fast
+            plan = None if debug else plans.get((input.shape, input.dtype))
+            if plan is not None:
+                y = plan(self, input)
+                if y is not _fast.MISS:
+                    self._local.back = None
+                    return y
+        if debug:
             logger.debug("%s forward on backend %r (%s)", type(self).__name__, self.backend.name,
                          self._backend_why)
         back = None
         native = input
-        if type(input) is not np.ndarray and _interop.is_foreign(input, self.backend):
+        if plans is None and _interop.is_foreign(input, self.backend):
             native, back = _interop.to_native(input, self.backend)
         y = self.forward(native)
         self._local.back = back  # (after the forward: a failed one leaves the last way back)
         if back is None:
+            if plans is not None:
+                _fast.build(self, input, plans)
             return y
         return input if y is native else back(y)
 

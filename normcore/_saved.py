@@ -41,6 +41,23 @@ class Saved:
     running: RunningUpdate | None = None
 
 
+
+_new = object.__new__
+
+
+def quick_saved(op: str, backend: Backend, input_shape: tuple[int, ...], dtype: np.dtype, x: Array,
+                mean: Array, var: Array, eps: float, weight: Array, weight_shape: Any,
+                has_bias: bool, extra: dict[str, Any], running: RunningUpdate | None = None
+                ) -> Saved:
+    """``Saved(...)`` with every field given, without the dataclass's ``__init__`` (the layers'
+    fast path builds one per call)."""
+    s = _new(Saved)
+    s.__dict__ = {"op": op, "backend": backend, "input_shape": input_shape, "dtype": dtype,
+                  "x": x, "mean": mean, "var": var, "eps": eps, "weight": weight,
+                  "weight_shape": weight_shape, "has_bias": has_bias, "extra": extra,
+                  "back": None, "running": running}
+    return s
+
 @dataclass
 class RunningUpdate:
     """New running statistics computed by a forward, for the caller to commit."""

@@ -90,6 +90,7 @@ class _NormBase(Module):
 
 class _BatchNorm(_NormBase):
     _dims: tuple[int, ...] = ()
+    _fast_kind = "batch_norm"  # (the per-call fast path: normcore._fast)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, bias: bool = True,
@@ -173,6 +174,7 @@ class BatchNorm3d(_BatchNorm):
 
 class _InstanceNorm(_NormBase):
     _dims: tuple[int, ...] = ()
+    _fast_kind = "instance_norm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = False, track_running_stats: bool = False, *, bias: bool = True,
@@ -271,6 +273,8 @@ class LayerNorm(Module):
     [-1.3416, -0.4472, 0.4472, 1.3416]
     """
 
+    _fast_kind = "layer_norm"
+
     def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, *,
                  backend: str | Backend | None = None, dtype: Any = np.float32) -> None:
@@ -303,6 +307,8 @@ class RMSNorm(Module):
     [[0.8485, 1.1314]]
     """
 
+    _fast_kind = "rms_norm"
+
     def __init__(self, normalized_shape: int | Sequence[int], eps: float | None = None,
                  elementwise_affine: bool = True, *, backend: str | Backend | None = None,
                  dtype: Any = np.float32) -> None:
@@ -333,6 +339,8 @@ class GroupNorm(Module):
     >>> gn(np.arange(16, dtype=np.float32).reshape(2, 4, 2)).shape
     (2, 4, 2)
     """
+
+    _fast_kind = "group_norm"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
                  affine: bool = True, *, bias: bool = True, backend: str | Backend | None = None,
