@@ -30,6 +30,11 @@ _REFUSED = (np.ma.MaskedArray, np.matrix)
 def as_input(x: Any, backend: Backend, name: str = "input") -> Any:
     """``x`` as a floating array of ``backend`` (NumPy input is moved to a GPU backend's device);
     a module's Parameter stands for its data, as torch's functional API takes an nn.Parameter."""
+    if type(x) is np.ndarray:  # the usual case: the checks below, in fewer steps
+        dtype = x.dtype
+        if (dtype.kind == "f" and backend.is_native(x)
+                and dtype in _dtype_set(tuple(backend.dtypes))):
+            return x
     if isinstance(x, Parameter):
         x = x.data
     if type(x) is not np.ndarray and isinstance(x, _REFUSED):

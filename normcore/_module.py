@@ -285,16 +285,21 @@ class Module:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s backward on backend %r (%s)", type(self).__name__, self.backend.name,
                          self._backend_why)
-        if self._saved is None:
+        local = self._local  # (this thread's saved context and way back)
+        saved = getattr(local, "saved", None)
+        if saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward(), or "
                                "twice for one forward: run forward first")
-        dx, dweight, dbias = self._backward(grad_output, self._saved)
-        with self._lock:
-            for p, g in ((self._params.get("weight"), dweight), (self._params.get("bias"), dbias)):
-                if p is not None and g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
-        self._saved = None
-        return self._give_back(dx)
+        dx, dweight, dbias = self._backward(grad_output, saved)
+        if dweight is not None or dbias is not None:
+            params = self._params
+            with self._lock:
+                for p, g in ((params.get("weight"), dweight), (params.get("bias"), dbias)):
+                    if p is not None and g is not None:
+                        p.grad = g if p.grad is None else p.grad + g
+        local.saved = None
+        back = getattr(local, "back", None)
+        return dx if back is None else back(dx)
 
     def _backward(self, grad_output: Array, saved: F.Saved) -> tuple[Array, Array, Array]:
         raise NotImplementedError
