@@ -95,6 +95,23 @@ def _template(op: str, be: Backend, shape: tuple[int, ...], dtype: Any, eps: flo
 _new = object.__new__
 
 
+def _saved(tmpl: dict[str, Any], x: Any, mean: Any, var: Any, weight: Any, weight_shape: Any,
+           has_bias: bool, extra: dict[str, Any], running: Any = None) -> Saved:
+    s = _new(Saved)
+    d = tmpl.copy()
+    d["x"], d["mean"], d["var"], d["weight"] = x, mean, var, weight
+    d["weight_shape"], d["has_bias"], d["extra"], d["running"] = (weight_shape, has_bias, extra,
+                                                                  running)
+    s.__dict__ = d
+    return s
+
+
+def _update(mean: Any, var: Any) -> RunningUpdate:
+    u = _new(RunningUpdate)
+    u.__dict__ = {"mean": mean, "var": var}
+    return u
+
+
 # ---------------------------------------------------------------------- row norms
 def _rows(m: Any, x: np.ndarray, rms: bool) -> Plan | None:
     be, shape, dtype = m.backend, x.shape, x.dtype
@@ -184,11 +201,13 @@ def _batch(m: Any, x: np.ndarray) -> Plan | None:
     n_, c = shape[0], shape[1]
     per_channel = x.size // c
     view, cshape = (n_, c, per_channel // n_), (c,)
+    reshape, tmpl = _reshaper(be), _template("batch_norm", be, shape, dtype, eps)
     if training and track:
         if not has_stats:
             return None
         correction = per_channel / (per_channel - 1)
-        return _batch_update(be, shape, dtype, view, cshape, eps, momentum, correction)
+        return _batch_update(be, shape, dtype, view, cshape, eps, momentum, correction, reshape,
+                             tmpl)
     use_batch = training or not has_stats
 
     def run(m: Any, x: np.ndarray) -> Any:
@@ -199,7 +218,7 @@ def _batch(m: Any, x: np.ndarray) -> Plan | None:
         if wd is MISS or bd is MISS:
             return MISS
         rm, rv = buffers.get("running_mean"), buffers.get("running_var")
-        x3 = be.reshape(x, view)
+        x3 = reshape(x, view)
         if use_batch:
             if not training and (rm is not None or rv is not None):
                 return MISS  # (statistics appeared: the general path decides)
@@ -209,10 +228,9 @@ def _batch(m: Any, x: np.ndarray) -> Plan | None:
                 return MISS
             mean, var = rm, rv
             y = _kernel(be, "channel_normalize")(x3, rm, rv, eps, wd, bd)
-        y = be.reshape(y, shape)
-        m._local.saved = quick_saved("batch_norm", be, shape, dtype, x3, mean, var, eps, wd,
-                                     None if wd is None else cshape, bd is not None,
-                                     {"batch_stats": use_batch})
+        y = reshape(y, shape)
+        m._local.saved = _saved(tmpl, x3, mean, var, wd, None if wd is None else cshape,
+                                bd is not None, {"batch_stats": use_batch})
         return y
 
     return run
@@ -220,7 +238,7 @@ def _batch(m: Any, x: np.ndarray) -> Plan | None:
 
 def _batch_update(be: Any, shape: tuple[int, ...], dtype: Any, view: tuple[int, ...],
                   cshape: tuple[int, ...], eps: float, momentum: float | None,
-                  correction: float) -> Plan:
+                  correction: float, reshape: Any, tmpl: dict[str, Any]) -> Plan:
     """A training forward that updates the running statistics (under the layer lock)."""
     int64 = np.int64
 
@@ -239,13 +257,12 @@ def _batch_update(be: Any, shape: tuple[int, ...], dtype: Any, view: tuple[int, 
                 return MISS
             tracked = int(count) + 1
             factor = 1.0 / tracked if momentum is None else momentum
-            x3 = be.reshape(x, view)
+            x3 = reshape(x, view)
             y, mean, var, new_mean, new_var = _kernel(be, "channel_moments_normalize_update")(
                 x3, eps, wd, bd, rm, rv, factor, correction)
-            y = be.reshape(y, shape)
-            saved = quick_saved("batch_norm", be, shape, dtype, x3, mean, var, eps, wd,
-                                None if wd is None else cshape, bd is not None,
-                                {"batch_stats": True}, RunningUpdate(new_mean, new_var))
+            y = reshape(y, shape)
+            saved = _saved(tmpl, x3, mean, var, wd, None if wd is None else cshape,
+                           bd is not None, {"batch_stats": True}, _update(new_mean, new_var))
             buffers["num_batches_tracked"] = np.array(tracked, dtype=int64)
             buffers.update(running_mean=new_mean, running_var=new_var)
             m._local.saved = saved
@@ -279,6 +296,7 @@ def _instance(m: Any, x: np.ndarray) -> Plan | None:
     view = (n_, c, 1, spatial) if use_input_stats else (n_, c, spatial)
     correction = spatial / (spatial - 1) if use_input_stats else 0.0
     unbatched_shape = shape if unbatched else None
+    reshape, tmpl = _reshaper(be), _template("instance_norm", be, xshape, dtype, eps)
 
     def run(m: Any, x: np.ndarray) -> Any:
         if not be.is_native(x):
@@ -301,24 +319,23 @@ def _instance(m: Any, x: np.ndarray) -> Plan | None:
                 return MISS
         elif not (_stat(rm, dtype, cshape) and _stat(rv, dtype, cshape)):
             return MISS
-        x_ = be.reshape(x, view)
+        x_ = reshape(x, view)
         update = None
         if use_input_stats:
-            w2 = None if wd is None else be.reshape(wd, c1)
+            w2 = None if wd is None else reshape(wd, c1)
             y, mean, var = _kernel(be, "group_normalize")(
-                x_, w2, None if bd is None else be.reshape(bd, c1), eps, True)
+                x_, w2, None if bd is None else reshape(bd, c1), eps, True)
             if rm is not None:
                 new_mean, new_var = _kernel(be, "running_update")(rm, rv, mean, var, momentum,
                                                                   correction)
-                update = RunningUpdate(new_mean, new_var)
+                update = _update(new_mean, new_var)
         else:
             w2, mean, var = wd, rm, rv
             y = _kernel(be, "channel_normalize")(x_, rm, rv, eps, wd, bd)
-        y = be.reshape(y, shape)
-        saved = quick_saved("instance_norm", be, xshape, dtype, x_, mean, var, eps, w2,
-                            None if wd is None else cshape, bd is not None,
-                            {"batch_stats": use_input_stats, "unbatched_shape": unbatched_shape},
-                            update)
+        y = reshape(y, shape)
+        saved = _saved(tmpl, x_, mean, var, w2, None if wd is None else cshape, bd is not None,
+                       {"batch_stats": use_input_stats, "unbatched_shape": unbatched_shape},
+                       update)
         if update is not None:
             buffers.update(running_mean=update.mean, running_var=update.var)
         m._local.saved = saved
