@@ -39,7 +39,8 @@ def test_the_threshold_comes_from_the_environment():
         assert out.stdout.strip() == want, out.stderr
 
 
-def test_channel_layouts():
+def test_channel_layouts(monkeypatch):
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 0)  # every input big; small ones below
     f32 = np.float32
     nchw = np.empty((32, 64, 56, 56), f32).reshape(32, 64, -1)
     # channels of at most CHAN_BYTES: channel by channel, blocks of channels
@@ -63,9 +64,21 @@ def test_channel_layouts():
     assert _p("channel", few, 1) == ("ncl", 1, 1, 1)  # serial: no pieces
 
 
-def test_group_layouts():
+def test_small_inputs_take_the_kernels_that_compile_fastest(monkeypatch):
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 32768)
     f32 = np.float32
-    assert _p("group", np.empty((8192, 1, 1024, 1), f32), 2) == ("flat", 2, 1, 1)  # LayerNorm
+    assert _p("channel", np.empty((4, 8, 36), f32), 1) == ("chan", 1, 1, 1)  # not slabs
+    assert _p("channel", np.empty((2, 1, 64), f32), 1) == ("chan", 1, 1, 1)
+    assert _p("group", np.empty((16, 1, 64, 1), f32), 1) == ("flat", 1, 1, 1)  # one row a tile
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 0)
+    assert _p("channel", np.empty((4, 8, 36), f32), 1) == ("cols", 1, 1, 36)
+    assert _p("group", np.empty((16, 1, 64, 1), f32), 1) == ("flat", 1, 4, 1)
+
+
+def test_group_layouts(monkeypatch):
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 0)
+    f32 = np.float32
+    assert _p("group", np.empty((8192, 1, 1024, 1), f32), 2) == ("flat", 2, 4, 1)  # LayerNorm
     assert _p("group", np.empty((16, 32, 8, 1024), f32), 2).layout == "lines"  # GroupNorm
     assert _p("group", np.empty((16, 32, 8, 49), f32), 2).layout == "flat"  # short L
     strided = np.empty((16, 32, 8, 98), f32)[..., ::2]

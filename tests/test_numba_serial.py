@@ -62,6 +62,18 @@ def test_serial_and_parallel_variants_conform_and_agree(twinned, case):
     case.run(twinned)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_small_input_kernels_conform(monkeypatch, case):
+    """Inputs of at most SERIAL_MAX elements take the kernels that compile fastest (channel by
+    channel for BatchNorm, one row at a time for the flat backward, see ``_plan``); the suite
+    runs with SERIAL_MAX=0, so here every conformance case runs with all inputs small."""
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 1 << 40)
+    be = normcore.get_backend("numba")
+    if not applies(case, be):
+        pytest.skip(f"not a numba kernel: {case.kernels}")
+    case.run(be)
+
+
 @pytest.mark.parametrize("size", [100, 10_000, 1_000_000])
 def test_results_do_not_depend_on_the_size_threshold_where_elements_are_independent(
         monkeypatch, size):

@@ -1,7 +1,13 @@
 """Channel-view kernels (BatchNorm): statistics per channel over axes (0, 2) of x3 (N, C, L).
 
-Two layouts, each with three kernels (forward: statistics and optionally normalize and the
-running update in one call; normalize with given statistics; backward: sums and dx in one call):
+Three layouts; ``ncl`` and ``cols`` have three kernels each (forward: statistics and optionally
+normalize and the running update in one call; normalize with given statistics; backward: sums
+and dx in one call), ``chan`` a forward and a backward (its evaluation map is ``ncl``'s):
+
+* ``chan``: NCHW input whose channels are small (N * L elements within ``_plan.CHAN_BYTES``),
+  channel by channel: a block takes a range of channels, and each channel's second pass (the
+  map, or dx) runs right after its sums, while the channel is in the L2 cache. Per element from
+  memory: forward 2s (read x, write y), backward 3s (read dy and x, write dx).
 
 * ``ncl``: (n, c) rows of L (NCHW input). Units of work are the rows, cut into ``pieces``
   along L when there are few long rows; each row is reduced to two float64 sums added onto its

@@ -9,7 +9,9 @@ InstanceNorm on feature maps).
 Bandwidth accounting per element (s = itemsize), the floor being a copy (2s):
 
 * forward:  read x (sums), read the row again (from cache: rows are short), write y -> 2s
-  from memory. Sums about a sample of the row (its first element; 0 for RMS), float64.
+  from memory. Sums about a sample of the row (its first element; 0 for RMS), float64. A
+  block's rows go in order, and one loop writes row r while it sums row r + 1: the read stream
+  of the next row overlaps the write stream of this one.
 * backward: read dy, x (row sums), read them again from cache, write dx -> 3s from memory.
   dweight/dbias are column sums over the rows (LayerNorm: a (K,) sum over every row). Each block
   adds into a (G, M) float64 partial of its own, merged in block order after the loop; in the
@@ -358,3 +360,18 @@ def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     """backward_flat for (N, G, D, L); partials of shape (nblk, G, D)."""
     for blk in prange(nblk):
         _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb)
+
+
+@kernel
+def backward_rows(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
+    """backward_flat one row at a time, n-major, without the four-row tiles: for inputs that run
+    on the calling thread, where its cold compile (a third of backward_flat's) is most of a
+    first call."""
+    n_, g_, _ = x.shape
+    for blk in prange(nblk):
+        for r in range(blk * (n_ * g_) // nblk, (blk + 1) * (n_ * g_) // nblk):
+            n = r // g_
+            g = r - n * g_
+            rstd = _rstd(var[n, g], eps)
+            _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
+            _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])

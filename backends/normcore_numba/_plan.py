@@ -93,7 +93,6 @@ def _grouped(rows: int, width: int, nt: int) -> int:
     return math.gcd(rows, 1 << (want.bit_length() - 1)) if want > 1 else 1
 
 
-@functools.lru_cache(maxsize=1024)
 def plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int,
          nt: int) -> Plan:
     """The plan for one kernel call on ``view`` ("channel", "group", "rows" or "flat") of this
@@ -101,18 +100,28 @@ def plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: 
 
     * channel (N, C, L): ``cols`` when C varies fastest (channels-last, or L == 1: BatchNorm1d),
       the kernels then walking (n, l) rows of C channels (inner 1), or for short contiguous rows
-      in small (C, L) slabs, walking (N, C * L) rows (inner L); else ``ncl``, (n, c) rows of L
-      cut into ``pieces``.
+      in small (C, L) slabs, walking (N, C * L) rows (inner L); ``chan``, channel by channel, for
+      small inputs and channels of at most CHAN_BYTES; else ``ncl``, (n, c) rows of L cut into
+      ``pieces``.
     * group (N, G, D, L): ``flat`` (rows of D * L, weight per position) for L == 1 or a short
-      contiguous L, else ``lines`` (D lines of L per row).
+      contiguous L, its backward in tiles of ``pieces`` rows (4; 1 for small inputs), else
+      ``lines`` (D lines of L per row).
     * rows (R, K) and flat (size,): ``rows``.
     """
+    return _plan(view, shape, strides, itemsize, nt, SERIAL_MAX)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int, nt: int,
+          serial_max: int) -> Plan:
     if view == "channel":
         n, c, l_ = shape
         s0, s1, s2 = strides
         if c > 1 and (l_ == 1 or abs(s1) < abs(s2)):
             r = _grouped(n * l_, c, nt)
             return Plan("cols", _blocks(n * l_ // r, nt, COLS_BLOCKS), r)
+        if n * c * l_ <= serial_max:  # small: the kernels that compile fastest (cold first call)
+            return Plan("chan", _blocks(c, nt, UNITS_PER_THREAD))
         if (1 < l_ <= SLAB_L_MAX and c * l_ <= SLAB_MAX and n >= SLAB_MIN_N * nt
                 and s2 == itemsize and (c == 1 or s1 == l_ * itemsize)):
             r = _grouped(n, c * l_, nt)
@@ -127,7 +136,10 @@ def plan(view: str, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: 
         n, g, _, l_ = shape
         contiguous = strides[-1] == itemsize and strides[-2] == l_ * itemsize
         layout = "flat" if l_ == 1 or (l_ < FLAT_L_MAX and contiguous) else "lines"
-        return Plan(layout, _blocks(n * g, nt))
+        # flat backward: four-row tiles, or one row at a time for small inputs (compiles in a
+        # third of the time: most of a cold first call)
+        tile = 1 if n * g * shape[2] * l_ <= serial_max else 4
+        return Plan(layout, _blocks(n * g, nt), tile if layout == "flat" else 1)
     if view == "rows":
         return Plan("rows", _blocks(shape[0], nt))
     if view == "flat":

@@ -288,7 +288,8 @@ class NumbaBackend(Backend):
         xv, w, _ = self._group_params(x, weight, None, p)
         dyv = self._group_params(dy, None, None, p)[0]
         dx = _out(x.shape, x.dtype)
-        kernel = k.backward_flat if p.layout == "flat" else k.backward_lines
+        kernel = ({1: k.backward_rows, 4: k.backward_flat}[p.pieces] if p.layout == "flat"
+                  else k.backward_lines)
         pw, pb = _partials(p.nblk, *w.shape)
         kernel.run(p.nblk, dyv, xv, _f64(mean), _f64(var), float(eps), w, bool(center),
                    dx.reshape(xv.shape), pw, pb)
