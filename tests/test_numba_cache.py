@@ -91,3 +91,15 @@ def test_an_edited_helper_recompiles_the_kernels_that_use_it(tmp_path):
     assert edited != text
     group.write_text(edited)
     assert run() == (4.5, 0)  # recompiled from the edited helper
+    assert run() == (4.5, 1)
+    shared = root / "normcore_numba" / "_shared.py"  # helpers of several kernel files
+    text = shared.read_text()
+    edited = text.replace("    s1 = 0.0\n    s2 = 0.0\n    for i in range(v.shape[0]):\n"
+                          "        t = np.float64(v[i]) - k",
+                          "    s1 = 0.0\n    s2 = 0.0\n    for i in range(v.shape[0]):\n"
+                          "        t = 2.0 * (np.float64(v[i]) - k)")
+    assert edited != text
+    shared.write_text(edited)
+    # recompiled: the first row of the block is summed by the edited helper (doubled deviations:
+    # 4 * 1.25 + 1), the second in the forward's fused loop (1.25 + 1)
+    assert run() == (8.25, 0)

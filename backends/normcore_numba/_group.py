@@ -19,7 +19,8 @@ Bandwidth accounting per element (s = itemsize), the floor being a copy (2s):
   sums the four rows' sums and their dweight/dbias terms (one partial read-modify-write per four
   rows: added row by row, the partials took a third of the pass), a second writes their dx.
 
-Every ``@njit`` function these kernels compile lives in this file (see ``_jit`` on the cache).
+Every ``@njit`` function these kernels compile lives in this file or in ``_shared`` (see
+``_jit`` on the cache).
 """
 
 from __future__ import annotations
@@ -30,25 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, inline, kernel
-
-
-@inline
-def _shift(v, center):
-    """The shift of a row's sums: its first element (0 where not finite; 0 for RMS)."""
-    v = np.float64(v)
-    return v if center and math.isfinite(v) else 0.0
-
-
-@helper
-def _sums(v, k):
-    """(sum(v - k), sum((v - k)**2)) in float64."""
-    s1 = 0.0
-    s2 = 0.0
-    for i in range(v.shape[0]):
-        t = np.float64(v[i]) - k
-        s1 += t
-        s2 += t * t
-    return s1, s2
+from ._shared import shift, sums
 
 
 @inline
@@ -75,8 +58,8 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
     r1 = (blk + 1) * (n_ * g_) // nblk
     if r == r1:
         return
-    k = _shift(x[r // g_, r % g_, 0], center)
-    s1, s2 = _sums(x[r // g_, r % g_], k)
+    k = shift(x[r // g_, r % g_, 0]) if center else 0.0
+    s1, s2 = sums(x[r // g_, r % g_], k)
     while r < r1:
         n = r // g_
         g = r - n * g_
@@ -96,7 +79,7 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
         r += 1
         if r < r1:
             xn = x[r // g_, r % g_]
-            k = _shift(xn[0], center)
+            k = shift(xn[0]) if center else 0.0
             s1 = 0.0
             s2 = 0.0
             for i in range(m_):
@@ -242,11 +225,11 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
         return
     n = r // g_
     g = r - n * g_
-    k = _shift(x[n, g, 0, 0], center)
+    k = shift(x[n, g, 0, 0]) if center else 0.0
     s1 = 0.0
     s2 = 0.0
     for d in range(d_):
-        a1, a2 = _sums(x[n, g, d], k)
+        a1, a2 = sums(x[n, g, d], k)
         s1 += a1
         s2 += a2
     tp = x.dtype.type
@@ -263,7 +246,7 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
         gn = r - nn * g_
         more = r < r1
         if more:
-            k = _shift(x[nn, gn, 0, 0], center)
+            k = shift(x[nn, gn, 0, 0]) if center else 0.0
         s1 = 0.0
         s2 = 0.0
         for d in range(d_):

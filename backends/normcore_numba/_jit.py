@@ -21,18 +21,21 @@ as a new dict per kernel (numba empties the dict it is given) with only ``prange
 write no array expressions, and the other parfor passes only cost compile time.
 
 The disk cache (``cache=True``): numba keys a cached kernel on its own source file's stamp and
-its bytecode. Every ``@njit`` function a kernel module compiles is defined in that module (no
-helper from another file), so an edit anywhere in a kernel's code changes that file and numba
-recompiles. The options here are outside those files: their hash is part of every kernel's
-name (``<name>_<variant>_<hash>``), which names numba's cache files, so changing them
-recompiles too. numba drops its cache on its own upgrades (the index records numba's version).
-tests/test_numba_cache.py checks both.
+its bytecode, not on the files of the functions it calls. Every ``@njit`` function a kernel
+module compiles is defined in that module or in ``_shared.py``, the one file of helpers that
+several kernel files use. An edit in a kernel module changes its stamp, and numba recompiles its
+kernels. What lies outside those files goes into a hash that is part of every kernel's name
+(``<name>_<variant>_<hash>``), which names numba's cache files: the options here and the source
+of ``_shared.py``, so changing either recompiles every kernel (reading and hashing that file
+costs about 50 us at import). numba drops its cache on its own upgrades (the index records
+numba's version). tests/test_numba_cache.py checks all three.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pathlib
 import types
 from typing import Any
 
@@ -57,8 +60,9 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+_SHARED = pathlib.Path(__file__).with_name("_shared.py")
 TAG = hashlib.sha256(json.dumps(_canonical({"flags": FLAGS, "parallel": _parallel_options()}),
-                                sort_keys=True).encode()).hexdigest()[:8]
+                                sort_keys=True).encode() + _SHARED.read_bytes()).hexdigest()[:8]
 
 
 def _renamed(fn: Any, variant: str) -> Any:

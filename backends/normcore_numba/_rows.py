@@ -10,7 +10,8 @@ Dropout: read x, write y -> 2s, like a copy. The keep mask is the SplitMix64 has
 element's flat C-order index (``normcore.backend.dropout_keep_mask``), computed in uint64, never
 stored. Elements are independent: one contiguous range per block.
 
-Every ``@njit`` function these kernels compile lives in this file (see ``_jit`` on the cache).
+Every ``@njit`` function these kernels compile lives in this file or in ``_shared`` (see
+``_jit`` on the cache).
 """
 
 from __future__ import annotations
@@ -20,25 +21,8 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import helper, inline, kernel
-
-
-@inline
-def _shift(v):
-    v = np.float64(v)
-    return v if math.isfinite(v) else 0.0
-
-
-@helper
-def _sums(v, k):
-    """(sum(v - k), sum((v - k)**2)) in float64."""
-    s1 = 0.0
-    s2 = 0.0
-    for i in range(v.shape[0]):
-        t = np.float64(v[i]) - k
-        s1 += t
-        s2 += t * t
-    return s1, s2
+from ._jit import helper, kernel
+from ._shared import shift, sums
 
 
 @kernel
@@ -48,10 +32,10 @@ def standardize(nblk, x, eps, ddof, eps_in_root, y, mean, denom):
     for blk in prange(nblk):
         for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
             xr = x[r]
-            k = _shift(xr[0])  # a constant row's mean is then exactly its value
-            s1, _ = _sums(xr, k)
+            k = shift(xr[0])  # a constant row's mean is then exactly its value
+            s1, _ = sums(xr, k)
             mu = k + s1 / k_
-            _, q = _sums(xr, mu)
+            _, q = sums(xr, mu)
             v = q / (k_ - ddof)
             dn = math.sqrt(v + eps) if eps_in_root else math.sqrt(v) + eps
             mean[r] = mu
@@ -82,7 +66,7 @@ def standardize_backward(nblk, dy, x, mean, denom, ddof, eps_in_root, dx):
             if eps_in_root:
                 coef = s / (n * d * d * d)
             else:
-                _, q = _sums(xr, mu)
+                _, q = sums(xr, mu)
                 root = math.sqrt(q / n)
                 coef = s / (n * root * d * d) if root > 0 else 0.0
             mdy = sdy / k_

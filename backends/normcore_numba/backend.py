@@ -2,9 +2,9 @@
 compiled on first use and cached on disk.
 
 This module imports without numba (``is_available`` then says why it cannot run); the kernel
-modules (``_channel``, ``_group``, ``_rows``), which import numba, are loaded on the first kernel
-call, and each kernel compiles when it is first called (one specialization per dtype and array
-layout), so using LayerNorm never compiles the BatchNorm kernels. ``_plan`` decides how a call
+modules (``_channel``, ``_cols``, ``_group``, ``_rows``), which import numba, are loaded on the
+first kernel call, and each kernel compiles when it is first called (one specialization per dtype
+and array layout), so using LayerNorm never compiles the BatchNorm kernels. ``_plan`` decides how a call
 cuts its work (small inputs: one block, on the calling thread); ``_jit`` how kernels compile.
 float16 input is widened to float32 at the boundary and the result rounded back; statistics are
 summed in float64 for every dtype (docs/backends.md).
@@ -137,10 +137,10 @@ class NumbaBackend(Backend):
         return mean, var
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
-        k = _kernels("_channel")
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         p = _plan_for("channel", x)
+        k = _kernels("_cols" if p.layout == "cols" else "_channel")
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), _f64(bias))
         if p.layout == "cols":
             y2, y = _cols_out(x.shape, x.dtype, p)
@@ -163,10 +163,10 @@ class NumbaBackend(Backend):
         """(y, mean, var, new running mean, new running var): the statistics, y when
         ``normalize`` (else None), the running update when ``running`` (running_mean,
         running_var, momentum, var_correction) is given (else None, None); one kernel call."""
-        k = _kernels("_channel")
         orig = np.asarray(x3).dtype
         x = _widen(x3)
         p = _plan_for("channel", x)
+        k = _kernels("_cols" if p.layout == "cols" else "_channel")
         narrow = x.dtype != _F64
         if running is None:
             upd = (_NONE, _NONE, 0.0, 1.0, _NONE, _NONE)
@@ -215,10 +215,10 @@ class NumbaBackend(Backend):
 
     def _backward(self, dy3, x3, mean, var, eps, weight, batch_stats, want_dx):
         """(dx or None, dweight, sum(dy), sum(dy * (x - mean))), the last three float64."""
-        k = _kernels("_channel")
         x = _widen(x3)
         dy = _widen(dy3)
         p = _plan_for("channel", x)
+        k = _kernels("_cols" if p.layout == "cols" else "_channel")
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), bool(batch_stats))
         if p.layout == "cols":
             dx2, dx = (_cols_out(x.shape, x.dtype, p) if want_dx
