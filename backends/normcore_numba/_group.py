@@ -77,19 +77,16 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
         wr = w[g]
         br = b[g]
         r += 1
-        if r < r1:
-            xn = x[r // g_, r % g_]
-            k = shift(xn[0]) if center else 0.0
-            s1 = 0.0
-            s2 = 0.0
-            for i in range(m_):
-                yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
-                t = np.float64(xn[i]) - k
-                s1 += t
-                s2 += t * t
-        else:
-            for i in range(m_):
-                yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
+        nxt = r if r < r1 else r - 1  # the block's last row sums itself again, unused: one loop
+        xn = x[nxt // g_, nxt % g_]
+        k = shift(xn[0]) if center else 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(m_):
+            yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
+            t = np.float64(xn[i]) - k
+            s1 += t
+            s2 += t * t
 
 
 @helper
@@ -242,29 +239,24 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
         rstd = 1.0 / math.sqrt(v + eps)
         m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
         r += 1
-        nn = r // g_
-        gn = r - nn * g_
-        more = r < r1
-        if more:
-            k = shift(x[nn, gn, 0, 0]) if center else 0.0
+        nxt = r if r < r1 else r - 1  # the block's last row sums itself again, unused: one loop
+        nn = nxt // g_
+        gn = nxt - nn * g_
+        k = shift(x[nn, gn, 0, 0]) if center else 0.0
         s1 = 0.0
         s2 = 0.0
         for d in range(d_):
             xr = x[n, g, d]
             yr = y[n, g, d]
+            xn = x[nn, gn, d]
             f = rstd * w[g, d]
             sh = tp(b[g, d] - (mu - np.float64(m)) * f)
             f = tp(f)
-            if more:
-                xn = x[nn, gn, d]
-                for i in range(l_):
-                    yr[i] = (xr[i] - m) * f + sh
-                    t = np.float64(xn[i]) - k
-                    s1 += t
-                    s2 += t * t
-            else:
-                for i in range(l_):
-                    yr[i] = (xr[i] - m) * f + sh
+            for i in range(l_):
+                yr[i] = (xr[i] - m) * f + sh
+                t = np.float64(xn[i]) - k
+                s1 += t
+                s2 += t * t
 
 
 @helper
