@@ -58,11 +58,11 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
     r1 = (blk + 1) * (n_ * g_) // nblk
     if r == r1:
         return
-    k = shift(x[r // g_, r % g_, 0]) if center else 0.0
-    s1, s2 = sums(x[r // g_, r % g_], k)
+    n = r // g_  # then counted on: a division per short row costs as much as a sum
+    g = r - n * g_
+    k = shift(x[n, g, 0]) if center else 0.0
+    s1, s2 = sums(x[n, g], k)
     while r < r1:
-        n = r // g_
-        g = r - n * g_
         mu, v = _moments(s1, s2, k, m_, center)
         mean[n, g] = mu
         var[n, g] = v
@@ -77,8 +77,9 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
         wr = w[g]
         br = b[g]
         r += 1
-        nxt = r if r < r1 else r - 1  # the block's last row sums itself again, unused: one loop
-        xn = x[nxt // g_, nxt % g_]
+        # the next row; the block's last row sums itself again, unused: one loop
+        nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
+        xn = x[nn, gn]
         k = shift(xn[0]) if center else 0.0
         s1 = 0.0
         s2 = 0.0
@@ -87,6 +88,7 @@ def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
             t = np.float64(xn[i]) - k
             s1 += t
             s2 += t * t
+        n, g = nn, gn
 
 
 @helper
@@ -231,17 +233,14 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
         s2 += a2
     tp = x.dtype.type
     while r < r1:
-        n = r // g_
-        g = r - n * g_
         mu, v = _moments(s1, s2, k, d_ * l_, center)
         mean[n, g] = mu
         var[n, g] = v
         rstd = 1.0 / math.sqrt(v + eps)
         m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
         r += 1
-        nxt = r if r < r1 else r - 1  # the block's last row sums itself again, unused: one loop
-        nn = nxt // g_
-        gn = nxt - nn * g_
+        # the next row, counted on (see _fwd_flat); the block's last row sums itself again
+        nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
         k = shift(x[nn, gn, 0, 0]) if center else 0.0
         s1 = 0.0
         s2 = 0.0
@@ -257,6 +256,7 @@ def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
                 t = np.float64(xn[i]) - k
                 s1 += t
                 s2 += t * t
+        n, g = nn, gn
 
 
 @helper
