@@ -124,3 +124,38 @@ def test_kernel_names_are_the_same_in_every_process():
                            env={**__import__("os").environ, "PYTHONHASHSEED": str(seed)}
                            ).stdout for seed in (1, 2, 3)}
     assert len(tags) == 1 and len(tags.pop().strip()) == 8
+
+
+@pytest.mark.parametrize("shape, channels_last, layout", [
+    ((16, 8, 4, 4), False, "cols"),   # slabs: runs of L columns per channel
+    ((64, 2, 4, 4), False, "cols"),   # slabs, adjacent rows taken as one
+    ((4, 8, 16, 16), True, "cols"),   # rows of C channels
+    ((2, 8, 40, 40), False, "chan"),
+    ((1, 1, 300, 300), False, "ncl"),  # fewer channels than threads: rows cut into pieces
+])
+def test_every_channel_layout_matches_the_reference(monkeypatch, shape, channels_last, layout):
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 0)
+    import normcore
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        dy = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x3 = x.reshape(shape[0], shape[1], -1)
+    assert _p("channel", x3, numba.get_num_threads()).layout == layout
+    c = shape[1]
+    w = rng.standard_normal(c).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    nb, ref = normcore.get_backend("numba"), normcore.get_backend("numpy")
+    y, mean, var = nb.channel_moments_normalize(x3, 1e-5, w, b)
+    y0, mean0, var0 = ref.channel_moments_normalize(x3, 1e-5, w, b)
+    np.testing.assert_allclose(y, y0, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(var, var0, rtol=1e-5)
+    got = nb.channel_normalize_backward(dy.reshape(x3.shape), x3, mean, var, 1e-5, w, True)
+    want = ref.channel_normalize_backward(dy.reshape(x3.shape), x3, mean0, var0, 1e-5, w, True)
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, e, rtol=2e-4, atol=2e-4)
+    y1 = nb.channel_normalize(x3, mean, var, 1e-5, w, b)
+    np.testing.assert_allclose(y1, y, rtol=1e-6, atol=1e-6)
