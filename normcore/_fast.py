@@ -112,9 +112,37 @@ def _update(mean: Any, var: Any) -> RunningUpdate:
     return u
 
 
-# ---------------------------------------------------------------------- row norms
+# ---------------------------------------------------------------------- row and group norms
+def _group_view(be: Backend, shape: tuple[int, ...], dtype: Any, op: str, eps: float,
+                view: tuple[int, ...], pview: tuple[int, ...], pshape: tuple[int, ...],
+                center: bool, with_bias: bool) -> Plan:
+    """The plan of a layer on the group view (LayerNorm, RMSNorm, GroupNorm): x as ``view``,
+    parameters of ``pshape`` as ``pview``, one ``group_normalize``."""
+    reshape = _reshaper(be)
+    wview, bview = _Views(reshape, pview), _Views(reshape, pview)
+    tmpl = _template(op, be, shape, dtype, eps)
+    extra = {"center": center}
+
+    def run(m: Any, x: np.ndarray) -> Any:
+        if not be.is_native(x):
+            return MISS
+        params = m._params
+        wd = _param(params, "weight", dtype, pshape)
+        bd = _param(params, "bias", dtype, pshape) if with_bias else None
+        if wd is MISS or bd is MISS:
+            return MISS
+        x4 = reshape(x, view)
+        w2 = wview(wd)
+        y, mean, var = _kernel(be, "group_normalize")(x4, w2, bview(bd), eps, center)
+        m._local.saved = _saved(tmpl, x4, mean, var, w2, None if wd is None else pshape,
+                                bd is not None, dict(extra))
+        return reshape(y, shape)
+
+    return run
+
+
 def _rows(m: Any, x: np.ndarray, rms: bool) -> Plan | None:
-    be, shape, dtype = m.backend, x.shape, x.dtype
+    shape, dtype = x.shape, x.dtype
     nshape = m.normalized_shape
     if type(nshape) is not tuple or not nshape or any(type(s) is not int for s in nshape):
         return None
@@ -124,67 +152,19 @@ def _rows(m: Any, x: np.ndarray, rms: bool) -> Plan | None:
     if type(eps) is not float:
         return None
     cols = math.prod(nshape)
-    view = (x.size // cols, 1, cols, 1)
-    op, center = ("rms_norm", False) if rms else ("layer_norm", True)
-    reshape = _reshaper(be)
-    wview, bview = _Views(reshape, (1, cols)), _Views(reshape, (1, cols))
-    tmpl = _template(op, be, shape, dtype, eps)
-
-    def run(m: Any, x: np.ndarray) -> Any:
-        if not be.is_native(x):
-            return MISS
-        params = m._params
-        wd = _param(params, "weight", dtype, nshape)
-        bd = None if rms else _param(params, "bias", dtype, nshape)
-        if wd is MISS or bd is MISS:
-            return MISS
-        x4 = reshape(x, view)
-        w2 = wview(wd)
-        y, mean, var = _kernel(be, "group_normalize")(x4, w2, bview(bd), eps, center)
-        s = _new(Saved)
-        d = tmpl.copy()
-        d["x"], d["mean"], d["var"], d["weight"] = x4, mean, var, w2
-        d["weight_shape"], d["has_bias"] = None if wd is None else nshape, bd is not None
-        d["extra"] = {"center": center}
-        s.__dict__ = d
-        m._local.saved = s
-        return reshape(y, shape)
-
-    return run
+    return _group_view(m.backend, shape, dtype, "rms_norm" if rms else "layer_norm", eps,
+                       (x.size // cols, 1, cols, 1), (1, cols), nshape, not rms, not rms)
 
 
 def _group(m: Any, x: np.ndarray) -> Plan | None:
-    be, shape, dtype = m.backend, x.shape, x.dtype
+    shape = x.shape
     groups, eps = m.num_groups, m.eps
     if type(groups) is not int or type(eps) is not float or len(shape) < 2:
         return None
     n_, c = shape[0], shape[1]
-    view, pview = (n_, groups, c // groups, math.prod(shape[2:])), (groups, c // groups)
-    cshape = (c,)
-    reshape = _reshaper(be)
-    wview, bview = _Views(reshape, pview), _Views(reshape, pview)
-    tmpl = _template("group_norm", be, shape, dtype, eps)
-
-    def run(m: Any, x: np.ndarray) -> Any:
-        if not be.is_native(x):
-            return MISS
-        params = m._params
-        wd, bd = _param(params, "weight", dtype, cshape), _param(params, "bias", dtype, cshape)
-        if wd is MISS or bd is MISS:
-            return MISS
-        x4 = reshape(x, view)
-        w2 = wview(wd)
-        y, mean, var = _kernel(be, "group_normalize")(x4, w2, bview(bd), eps, True)
-        s = _new(Saved)
-        d = tmpl.copy()
-        d["x"], d["mean"], d["var"], d["weight"] = x4, mean, var, w2
-        d["weight_shape"], d["has_bias"] = None if wd is None else cshape, bd is not None
-        d["extra"] = {"center": True}
-        s.__dict__ = d
-        m._local.saved = s
-        return reshape(y, shape)
-
-    return run
+    return _group_view(m.backend, shape, x.dtype, "group_norm", eps,
+                       (n_, groups, c // groups, math.prod(shape[2:])), (groups, c // groups),
+                       (c,), True, True)
 
 
 # ---------------------------------------------------------------------- batch norm
