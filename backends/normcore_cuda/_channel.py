@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._reduce import _group_sum2, shift_sample
+from ._reduce import _group_sum2, shift_sample, slab
 
 
 def build(acc_t) -> dict:
@@ -43,10 +43,7 @@ def build(acc_t) -> dict:
         s = cuda.blockIdx.y
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
-        total = N * L
-        per = (total + S - 1) // S
-        lo = s * per
-        hi = min(total, lo + per)
+        lo, hi = slab(N * L, S, s)
         shift = _sample(x, c * L, True, zero)
         a = zero
         q = zero
@@ -149,10 +146,7 @@ def build(acc_t) -> dict:
         s = cuda.blockIdx.y
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
-        total = N * L
-        per = (total + S - 1) // S
-        lo = s * per
-        hi = min(total, lo + per)
+        lo, hi = slab(N * L, S, s)
         mu = acc_t(mean[c])
         aw = zero
         ab = zero

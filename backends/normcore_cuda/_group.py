@@ -13,7 +13,7 @@ import math
 from numba import cuda
 
 from ._launch import LOCAL_COLS
-from ._reduce import _group_sum, _group_sum2, shift_sample
+from ._reduce import _group_sum, _group_sum2, row_group, shift_sample, slab
 
 
 def build(acc_t) -> dict:
@@ -39,11 +39,7 @@ def build(acc_t) -> dict:
         sh = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
-        tid = cuda.threadIdx.x
-        gpb = cuda.blockDim.x // tpr
-        gid = cuda.blockIdx.x * gpb + tid // tpr
-        ngroups = cuda.gridDim.x * gpb
-        lr = tid % tpr
+        gid, ngroups, lr = row_group(tpr)
         for it in range(niter):
             r = gid + it * ngroups
             hi = M if r < R else 0
@@ -99,11 +95,7 @@ def build(acc_t) -> dict:
         lb = cuda.local.array(LOCAL_COLS, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
-        tid = cuda.threadIdx.x
-        gpb = cuda.blockDim.x // tpr
-        gid = cuda.blockIdx.x * gpb + tid // tpr
-        ngroups = cuda.gridDim.x * gpb
-        lr = tid % tpr
+        gid, ngroups, lr = row_group(tpr)
         inv_m = one / acc_t(M)
         if fuse:
             for j in range(LOCAL_COLS):
@@ -194,10 +186,7 @@ def build(acc_t) -> dict:
         s = cuda.blockIdx.y
         tid = cuda.threadIdx.x
         T = cuda.blockDim.x
-        total = N * L
-        per = (total + S - 1) // S
-        lo = s * per
-        hi = min(total, lo + per)
+        lo, hi = slab(N * L, S, s)
         g = c // D
         aw = zero
         ab = zero

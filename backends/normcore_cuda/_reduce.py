@@ -8,6 +8,8 @@
   results are deterministic, and identical on every thread. All threads of a block must call it
   (it synchronizes the block when ``tpr > 32``).
 * :func:`shift_sample`: the shift of a row's or channel's shifted sums, built per accumulator type.
+* :func:`row_group` and :func:`slab`: which row group and lane a thread is (row kernels), and
+  which contiguous share of a channel's ``N * L`` elements a block takes (channel kernels).
 
 Under the simulator ``cuda.shfl_xor_sync`` does not exist: by default the whole reduction is
 emulated with one shared buffer and numpy (the same butterflies, additions, order and precision,
@@ -164,6 +166,23 @@ else:
         buf[1, tid] = b
         cuda.syncthreads()
         return _reduce_rows(buf[0, :nt], tid, tpr, dt), _reduce_rows(buf[1, :nt], tid, tpr, dt)
+
+
+@cuda.jit(device=True)
+def row_group(tpr):
+    """(g, groups, lane): this thread's row group in the grid (groups of ``tpr`` threads,
+    ``blockDim.x // tpr`` a block), the number of groups in the grid, its lane in its group."""
+    tid = cuda.threadIdx.x
+    gpb = cuda.blockDim.x // tpr
+    return cuda.blockIdx.x * gpb + tid // tpr, cuda.gridDim.x * gpb, tid % tpr
+
+
+@cuda.jit(device=True)
+def slab(total, S, s):
+    """[lo, hi): share ``s`` of ``S`` contiguous shares of ``total`` elements."""
+    per = (total + S - 1) // S
+    lo = s * per
+    return lo, min(total, lo + per)
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import math
 
 from numba import cuda
 
-from ._reduce import _group_sum, _group_sum2, shift_sample
+from ._reduce import _group_sum, _group_sum2, row_group, shift_sample
 
 
 def build(acc_t) -> dict:
@@ -34,11 +34,7 @@ def build(acc_t) -> dict:
         sh = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
-        tid = cuda.threadIdx.x
-        gpb = cuda.blockDim.x // tpr
-        gid = cuda.blockIdx.x * gpb + tid // tpr
-        ngroups = cuda.gridDim.x * gpb
-        lr = tid % tpr
+        gid, ngroups, lr = row_group(tpr)
         for it in range(niter):
             r = gid + it * ngroups
             hi = K if r < R else 0
@@ -80,11 +76,7 @@ def build(acc_t) -> dict:
         sh2 = cuda.shared.array(32, acc_t)
         zero = acc_t(0.0)
         one = acc_t(1.0)
-        tid = cuda.threadIdx.x
-        gpb = cuda.blockDim.x // tpr
-        gid = cuda.blockIdx.x * gpb + tid // tpr
-        ngroups = cuda.gridDim.x * gpb
-        lr = tid % tpr
+        gid, ngroups, lr = row_group(tpr)
         inv_k = one / acc_t(K)
         for it in range(niter):
             r = gid + it * ngroups
