@@ -43,10 +43,17 @@ def _plan_for(view: str, x: np.ndarray) -> _plan.Plan:
     return _plan.plan(view, x.shape, x.strides, x.itemsize, _plan.threads(x.size))
 
 
-def _widen(x: Any) -> np.ndarray:
-    """float16 is computed in float32; other supported dtypes go in as they are."""
-    x = np.asarray(x)
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+def _widen(a: Any) -> tuple[np.ndarray, np.dtype]:
+    """(a as the kernels take it, a's dtype): float16 is computed in float32; other supported
+    dtypes go in as they are."""
+    a = np.asarray(a)
+    dt = a.dtype
+    return (a.astype(np.float32) if dt == np.float16 else a), dt
+
+
+def _narrow(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A float32 result of float16 input rounded back (other dtypes as they are)."""
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def _stat_dtype(dtype: np.dtype) -> type:
@@ -137,8 +144,7 @@ class NumbaBackend(Backend):
         return mean, var
 
     def channel_normalize(self, x3, mean, var, eps, weight, bias):
-        orig = np.asarray(x3).dtype
-        x = _widen(x3)
+        x, orig = _widen(x3)
         p = _plan_for("channel", x)
         k = _kernels("_cols" if p.layout == "cols" else "_channel")
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), _f64(bias))
@@ -149,7 +155,7 @@ class NumbaBackend(Backend):
         else:
             y = _out(x.shape, x.dtype)
             k.normalize_ncl.run(p.nblk, x, p.pieces, *args, y, np.empty((3, x.shape[1]), x.dtype))
-        return y.astype(orig, copy=False)
+        return _narrow(y, orig)
 
     def channel_moments_normalize(self, x3, eps, weight, bias):
         return self._forward(x3, eps, weight, bias, None, True)[:3]
@@ -163,8 +169,7 @@ class NumbaBackend(Backend):
         """(y, mean, var, new running mean, new running var): the statistics, y when
         ``normalize`` (else None), the running update when ``running`` (running_mean,
         running_var, momentum, var_correction) is given (else None, None); one kernel call."""
-        orig = np.asarray(x3).dtype
-        x = _widen(x3)
+        x, orig = _widen(x3)
         p = _plan_for("channel", x)
         k = _kernels("_cols" if p.layout == "cols" else "_channel")
         narrow = x.dtype != _F64
@@ -195,7 +200,7 @@ class NumbaBackend(Backend):
                                           np.empty((3, x.shape[1]), x.dtype))
             y = y if normalize else None
         sd = _stat_dtype(x.dtype)
-        out = (None if y is None else y.astype(orig, copy=False), mean.astype(sd, copy=False),
+        out = (None if y is None else _narrow(y, orig), mean.astype(sd, copy=False),
                var.astype(sd, copy=False))
         if running is None:
             return (*out, None, None)
@@ -206,17 +211,17 @@ class NumbaBackend(Backend):
         orig = np.asarray(x3).dtype
         dx, dweight, dbias, _ = self._backward(dy3, x3, mean, var, eps, weight, batch_stats, True)
         gd = _grad_dtype(weight, orig)
-        return dx.astype(orig, copy=False), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
+        return _narrow(dx, orig), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
 
     def channel_backward_sums(self, dy3, x3, mean, var, eps):
         _, sum_dy_xhat, sum_dy, _ = self._backward(dy3, x3, mean, var, eps, None, False, False)
-        sd = _stat_dtype(_widen(x3).dtype)
+        sd = _stat_dtype(np.asarray(x3).dtype)
         return sum_dy.astype(sd, copy=False), sum_dy_xhat.astype(sd, copy=False)
 
     def _backward(self, dy3, x3, mean, var, eps, weight, batch_stats, want_dx):
         """(dx or None, dweight, sum(dy), sum(dy * (x - mean))), the last three float64."""
-        x = _widen(x3)
-        dy = _widen(dy3)
+        x = _widen(x3)[0]
+        dy = _widen(dy3)[0]
         p = _plan_for("channel", x)
         k = _kernels("_cols" if p.layout == "cols" else "_channel")
         args = (_f64(mean), _f64(var), float(eps), _f64(weight), bool(batch_stats))
@@ -267,22 +272,20 @@ class NumbaBackend(Backend):
 
     def group_normalize(self, x4, weight, bias, eps, center):
         k = _kernels("_group")
-        orig = np.asarray(x4).dtype
-        x = _widen(x4)
+        x, orig = _widen(x4)
         p = _plan_for("group", x)
         xv, w, b = self._group_params(x, weight, bias, p)
         y = _out(x.shape, x.dtype)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
-        mean, var = np.empty(x.shape[:2]), np.empty(x.shape[:2])
+        sd = _stat_dtype(x.dtype)  # the kernel rounds the float64 statistics as it stores them
+        mean, var = np.empty(x.shape[:2], sd), np.empty(x.shape[:2], sd)
         kernel.run(p.nblk, xv, w, b, float(eps), bool(center), y.reshape(xv.shape), mean, var)
-        sd = _stat_dtype(x.dtype)
-        return y.astype(orig, copy=False), mean.astype(sd, copy=False), var.astype(sd, copy=False)
+        return _narrow(y, orig), mean, var
 
     def group_normalize_backward(self, dy4, x4, mean, var, eps, weight, center):
         k = _kernels("_group")
-        orig = np.asarray(x4).dtype
-        x = _widen(x4)
-        dy = _widen(dy4)
+        x, orig = _widen(x4)
+        dy = _widen(dy4)[0]
         n, g, d, l_ = x.shape
         p = _plan_for("group", x)
         xv, w, _ = self._group_params(x, weight, None, p)
@@ -298,29 +301,27 @@ class NumbaBackend(Backend):
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
             dbias = dbias.reshape(g, d, l_).sum(axis=2)
         gd = _grad_dtype(weight, orig)
-        return dx.astype(orig, copy=False), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
+        return _narrow(dx, orig), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
 
     # -------------------------------------------------------------- row view (R, K)
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
         k = _kernels("_rows")
-        orig = np.asarray(x2).dtype
-        x = _widen(x2)
+        x, orig = _widen(x2)
         y = _out(x.shape, x.dtype)
-        mean, denom = np.empty(x.shape[0]), np.empty(x.shape[0])
+        sd = _stat_dtype(x.dtype)
+        mean, denom = np.empty(x.shape[0], sd), np.empty(x.shape[0], sd)
         k.standardize.run(_plan_for("rows", x).nblk, x, float(eps), int(ddof), bool(eps_in_root),
                           y, mean, denom)
-        sd = _stat_dtype(x.dtype)
-        return y.astype(orig, copy=False), mean.astype(sd, copy=False), denom.astype(sd, copy=False)
+        return _narrow(y, orig), mean, denom
 
     def standardize_rows_backward(self, dy2, x2, mean, denom, eps, ddof, eps_in_root):
         k = _kernels("_rows")
-        orig = np.asarray(x2).dtype
-        x = _widen(x2)
-        dy = _widen(dy2)
+        x, orig = _widen(x2)
+        dy = _widen(dy2)[0]
         dx = _out(x.shape, x.dtype)
         k.standardize_backward.run(_plan_for("rows", x).nblk, dy, x, _f64(mean), _f64(denom),
                                    int(ddof), bool(eps_in_root), dx)
-        return dx.astype(orig, copy=False)
+        return _narrow(dx, orig)
 
     # -------------------------------------------------------------- dropout
     def dropout(self, x, p, seed):
