@@ -44,51 +44,7 @@ def _moments(s1, s2, k, m, center):
     return 0.0, s2 / m
 
 
-# ---------------------------------------------------------------- flat rows (N, G, M)
-
-
-@helper
-def _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var):
-    """A block's rows in order, each row's map fused with the next row's sums: one loop reads
-    row r + 1 from memory while it writes row r, so the read and write streams overlap (two
-    loops per row, sums then map, measured LayerNorm (8192, 1024) 1.73 -> 1.49 ms, (4096, 4096)
-    7.1 -> 5.7 ms, 2 threads)."""
-    n_, g_, m_ = x.shape
-    r = blk * (n_ * g_) // nblk
-    r1 = (blk + 1) * (n_ * g_) // nblk
-    if r == r1:
-        return
-    n = r // g_  # then counted on: a division per short row costs as much as a sum
-    g = r - n * g_
-    k = shift(x[n, g, 0]) if center else 0.0
-    s1, s2 = sums(x[n, g], k)
-    while r < r1:
-        mu, v = _moments(s1, s2, k, m_, center)
-        mean[n, g] = mu
-        var[n, g] = v
-        # the map in x's dtype about the mean rounded to it, m; its rounding, mu - m, moved into d
-        xr = x[n, g]
-        tp = xr.dtype.type
-        m = tp(mu)
-        rstd = 1.0 / math.sqrt(v + eps)
-        rs = tp(rstd)
-        d = tp((mu - np.float64(m)) * rstd)
-        yr = y[n, g]
-        wr = w[g]
-        br = b[g]
-        r += 1
-        # the next row; the block's last row sums itself again, unused: one loop
-        nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
-        xn = x[nn, gn]
-        k = shift(xn[0]) if center else 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for i in range(m_):
-            yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
-            t = np.float64(xn[i]) - k
-            s1 += t
-            s2 += t * t
-        n, g = nn, gn
+# ---------------------------------------------------------------- helpers (flat rows (N, G, M))
 
 
 @helper
@@ -190,114 +146,6 @@ def _cols1(dyr, xr, mu, rstd, pw, pb):
         pw[i] += a * ((np.float64(xr[i]) - mu) * rstd)
 
 
-@helper
-def _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
-    n_, g_, _ = x.shape
-    rows = n_ * g_
-    r = blk * rows // nblk
-    r1 = (blk + 1) * rows // nblk
-    while r < r1:  # rows group-major: r = g * N + n
-        g = r // n_
-        n0 = r - g * n_
-        n1 = min(n0 + 4, n_, n0 + r1 - r)
-        if n1 - n0 == 4:
-            _tile4(dy, x, n0, g, mean, var, eps, w, center, dx, pw[blk, g], pb[blk, g])
-        else:
-            for n in range(n0, n1):
-                rstd = _rstd(var[n, g], eps)
-                _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
-                _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
-        r += n1 - n0
-
-
-# ---------------------------------------------------------------- lines (N, G, D, L)
-
-
-@helper
-def _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var):
-    """A block's rows in order, the map of row r fused with the sums of row r + 1, line by line
-    (see _fwd_flat; GroupNorm (64, 256, 32, 32) 6.2 -> 5.1 ms, 2 threads)."""
-    n_, g_, d_, l_ = x.shape
-    r = blk * (n_ * g_) // nblk
-    r1 = (blk + 1) * (n_ * g_) // nblk
-    if r == r1:
-        return
-    n = r // g_
-    g = r - n * g_
-    k = shift(x[n, g, 0, 0]) if center else 0.0
-    s1 = 0.0
-    s2 = 0.0
-    for d in range(d_):
-        a1, a2 = sums(x[n, g, d], k)
-        s1 += a1
-        s2 += a2
-    tp = x.dtype.type
-    while r < r1:
-        mu, v = _moments(s1, s2, k, d_ * l_, center)
-        mean[n, g] = mu
-        var[n, g] = v
-        rstd = 1.0 / math.sqrt(v + eps)
-        m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
-        r += 1
-        # the next row, counted on (see _fwd_flat); the block's last row sums itself again
-        nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
-        k = shift(x[nn, gn, 0, 0]) if center else 0.0
-        s1 = 0.0
-        s2 = 0.0
-        for d in range(d_):
-            xr = x[n, g, d]
-            yr = y[n, g, d]
-            xn = x[nn, gn, d]
-            f = rstd * w[g, d]
-            sh = tp(b[g, d] - (mu - np.float64(m)) * f)
-            f = tp(f)
-            for i in range(l_):
-                yr[i] = (xr[i] - m) * f + sh
-                t = np.float64(xn[i]) - k
-                s1 += t
-                s2 += t * t
-        n, g = nn, gn
-
-
-@helper
-def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
-    n_, g_, d_, l_ = x.shape
-    rows = n_ * g_
-    m_ = d_ * l_
-    for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
-        n = r // g_
-        g = r - n * g_
-        mu = mean[n, g]
-        rstd = 1.0 / math.sqrt(var[n, g] + eps)
-        sg = 0.0
-        sgx = 0.0
-        for d in range(d_):
-            dyr = dy[n, g, d]
-            xr = x[n, g, d]
-            a1 = 0.0
-            a2 = 0.0
-            for i in range(l_):
-                t = np.float64(dyr[i])
-                a1 += t
-                a2 += t * (np.float64(xr[i]) - mu)
-            pb[blk, g, d] += a1
-            pw[blk, g, d] += a2 * rstd
-            sg += w[g, d] * a1
-            sgx += w[g, d] * a2
-        tp = x.dtype.type
-        m = tp(mu)  # the mean's rounding moved into k3 (see _fwd_lines)
-        k2 = rstd * rstd * rstd * sgx / m_
-        k3 = (rstd * sg / m_ if center else 0.0) - k2 * (mu - np.float64(m))
-        k2, k3 = tp(k2), tp(k3)
-        for d in range(d_):
-            dyr = dy[n, g, d]
-            xr = x[n, g, d]
-            dxr = dx[n, g, d]
-            f = tp(rstd * w[g, d])
-            for i in range(l_):
-                dxr[i] = f * dyr[i] - k2 * (xr[i] - m) - k3
-
-
 # ---------------------------------------------------------------- kernels
 
 
@@ -305,36 +153,168 @@ def _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
 # an overload of its own in every process that compiles (part of a cold first call). The maps
 # run in x's dtype (float32 lanes for float32 input: twice as many as float64 ones; measured
 # LayerNorm (256, 256) forward 41 -> 14 us), with their per-row scalars rounded once into x's
-# dtype (``x.dtype.type``); the sums stay float64.
+# dtype (``x.dtype.type``); the sums stay float64. A kernel's block loop is written in the kernel,
+# not in a helper it calls: numba optimizes a helper in its own module and again in every
+# function that inlines it, so the cold compile of the parallel backward_flat took 3.5-3.7 s with
+# the loop in a helper and 2.9 s without, forward_flat 1.9-2.1 s and 1.6 s (the same machine
+# code: equal results, equal times).
 
 
 @kernel
 def forward_flat(nblk, x, w, b, eps, center, y, mean, var):
-    """y = normalized rows of (N, G, M) x; float64 mean and var (N, G) into mean, var."""
+    """y = normalized rows of (N, G, M) x; mean and var (N, G), in their arrays' dtype, into mean,
+    var. A block's rows in order, each row's map fused with the next row's sums: one loop reads
+    row r + 1 from memory while it writes row r, so the read and write streams overlap (two
+    loops per row, sums then map, measured LayerNorm (8192, 1024) 1.73 -> 1.49 ms, (4096, 4096)
+    7.1 -> 5.7 ms, 2 threads)."""
+    n_, g_, m_ = x.shape
     for blk in prange(nblk):
-        _fwd_flat(blk, nblk, x, w, b, eps, center, y, mean, var)
+        r = blk * (n_ * g_) // nblk
+        r1 = (blk + 1) * (n_ * g_) // nblk
+        if r == r1:
+            continue
+        n = r // g_  # then counted on: a division per short row costs as much as a sum
+        g = r - n * g_
+        k = shift(x[n, g, 0]) if center else 0.0
+        s1, s2 = sums(x[n, g], k)
+        while r < r1:
+            mu, v = _moments(s1, s2, k, m_, center)
+            mean[n, g] = mu
+            var[n, g] = v
+            # the map in x's dtype about the mean rounded to it, m; its rounding, mu - m, moved into d
+            xr = x[n, g]
+            tp = xr.dtype.type
+            m = tp(mu)
+            rstd = 1.0 / math.sqrt(v + eps)
+            rs = tp(rstd)
+            d = tp((mu - np.float64(m)) * rstd)
+            yr = y[n, g]
+            wr = w[g]
+            br = b[g]
+            r += 1
+            # the next row; the block's last row sums itself again, unused: one loop
+            nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
+            xn = x[nn, gn]
+            k = shift(xn[0]) if center else 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(m_):
+                yr[i] = ((xr[i] - m) * rs - d) * wr[i] + br[i]
+                t = np.float64(xn[i]) - k
+                s1 += t
+                s2 += t * t
+            n, g = nn, gn
 
 
 @kernel
 def forward_lines(nblk, x, w, b, eps, center, y, mean, var):
-    """forward_flat for (N, G, D, L) x with w and b of shape (G, D)."""
+    """forward_flat for (N, G, D, L) x with w and b of shape (G, D), line by line (the fused map
+    and sums: GroupNorm (64, 256, 32, 32) 6.2 -> 5.1 ms, 2 threads)."""
+    n_, g_, d_, l_ = x.shape
     for blk in prange(nblk):
-        _fwd_lines(blk, nblk, x, w, b, eps, center, y, mean, var)
+        r = blk * (n_ * g_) // nblk
+        r1 = (blk + 1) * (n_ * g_) // nblk
+        if r == r1:
+            continue
+        n = r // g_
+        g = r - n * g_
+        k = shift(x[n, g, 0, 0]) if center else 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for d in range(d_):
+            a1, a2 = sums(x[n, g, d], k)
+            s1 += a1
+            s2 += a2
+        tp = x.dtype.type
+        while r < r1:
+            mu, v = _moments(s1, s2, k, d_ * l_, center)
+            mean[n, g] = mu
+            var[n, g] = v
+            rstd = 1.0 / math.sqrt(v + eps)
+            m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
+            r += 1
+            # the next row, counted on (see forward_flat); the block's last row sums itself again
+            nn, gn = (n, g) if r == r1 else (n, g + 1) if g + 1 < g_ else (n + 1, 0)
+            k = shift(x[nn, gn, 0, 0]) if center else 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for d in range(d_):
+                xr = x[n, g, d]
+                yr = y[n, g, d]
+                xn = x[nn, gn, d]
+                f = rstd * w[g, d]
+                sh = tp(b[g, d] - (mu - np.float64(m)) * f)
+                f = tp(f)
+                for i in range(l_):
+                    yr[i] = (xr[i] - m) * f + sh
+                    t = np.float64(xn[i]) - k
+                    s1 += t
+                    s2 += t * t
+            n, g = nn, gn
 
 
 @kernel
 def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     """dx into dx; each block's dweight and dbias terms into pw[blk], pb[blk] (zeroed (nblk, G,
     M) float64; the caller sums them over blocks)."""
+    n_, g_, _ = x.shape
     for blk in prange(nblk):
-        _bwd_flat(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb)
+        r = blk * (n_ * g_) // nblk
+        r1 = (blk + 1) * (n_ * g_) // nblk
+        while r < r1:  # rows group-major: r = g * N + n
+            g = r // n_
+            n0 = r - g * n_
+            n1 = min(n0 + 4, n_, n0 + r1 - r)
+            if n1 - n0 == 4:
+                _tile4(dy, x, n0, g, mean, var, eps, w, center, dx, pw[blk, g], pb[blk, g])
+            else:
+                for n in range(n0, n1):
+                    rstd = _rstd(var[n, g], eps)
+                    _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
+                    _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
+            r += n1 - n0
 
 
 @kernel
 def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
     """backward_flat for (N, G, D, L); partials of shape (nblk, G, D)."""
+    n_, g_, d_, l_ = x.shape
+    rows = n_ * g_
+    m_ = d_ * l_
     for blk in prange(nblk):
-        _bwd_lines(blk, nblk, dy, x, mean, var, eps, w, center, dx, pw, pb)
+        for r in range(blk * rows // nblk, (blk + 1) * rows // nblk):
+            n = r // g_
+            g = r - n * g_
+            mu = mean[n, g]
+            rstd = 1.0 / math.sqrt(var[n, g] + eps)
+            sg = 0.0
+            sgx = 0.0
+            for d in range(d_):
+                dyr = dy[n, g, d]
+                xr = x[n, g, d]
+                a1 = 0.0
+                a2 = 0.0
+                for i in range(l_):
+                    t = np.float64(dyr[i])
+                    a1 += t
+                    a2 += t * (np.float64(xr[i]) - mu)
+                pb[blk, g, d] += a1
+                pw[blk, g, d] += a2 * rstd
+                sg += w[g, d] * a1
+                sgx += w[g, d] * a2
+            tp = x.dtype.type
+            m = tp(mu)  # the mean's rounding moved into k3 (see forward_lines)
+            k2 = rstd * rstd * rstd * sgx / m_
+            k3 = (rstd * sg / m_ if center else 0.0) - k2 * (mu - np.float64(m))
+            k2, k3 = tp(k2), tp(k3)
+            for d in range(d_):
+                dyr = dy[n, g, d]
+                xr = x[n, g, d]
+                dxr = dx[n, g, d]
+                f = tp(rstd * w[g, d])
+                for i in range(l_):
+                    dxr[i] = f * dyr[i] - k2 * (xr[i] - m) - k3
+
 
 
 @kernel
