@@ -105,6 +105,14 @@ def _cols_out(shape: tuple[int, int, int], dtype: np.dtype, p: _plan.Plan
     return flat.reshape(-1, p.pieces * (c if p.inner == 1 else c * l_)), y3
 
 
+def _group_view(a: np.ndarray, p: _plan.Plan) -> np.ndarray:
+    """(N, G, D, L) as the group kernels take it: (N, G, D * L) for ``flat``, else as it is."""
+    if p.layout != "flat":
+        return a
+    n, g, d, l_ = a.shape
+    return a[:, :, :, 0] if l_ == 1 else a.reshape(n, g, d * l_)
+
+
 class NumbaBackend(Backend):
     """Parallel Numba CPU kernels (see :mod:`normcore.backend` for the contract)."""
 
@@ -257,7 +265,7 @@ class NumbaBackend(Backend):
     def _group_params(x, weight, bias, p):
         """(x, w, b) as the group kernels take them: for ``flat``, (N, G, D * L) x and (G, D * L)
         parameters (repeated along L); for ``lines`` x as it is and (G, D) parameters."""
-        n, g, d, l_ = x.shape
+        g, d, l_ = x.shape[1:]
         # parameters in x's dtype: the maps run in it (see _group)
         w = np.ones((g, d), x.dtype) if weight is None else _as(weight, x.dtype).reshape(g, d)
         b = None if bias is None else _as(bias, x.dtype).reshape(g, d)
@@ -266,9 +274,7 @@ class NumbaBackend(Backend):
             b = None if b is None else np.repeat(b, l_, axis=1)
         if b is None:
             b = np.zeros(w.shape, x.dtype)
-        if p.layout == "flat":
-            x = x[:, :, :, 0] if l_ == 1 else x.reshape(n, g, d * l_)
-        return x, w, b
+        return _group_view(x, p), w, b
 
     def group_normalize(self, x4, weight, bias, eps, center):
         k = _kernels("_group")
@@ -289,7 +295,7 @@ class NumbaBackend(Backend):
         n, g, d, l_ = x.shape
         p = _plan_for("group", x)
         xv, w, _ = self._group_params(x, weight, None, p)
-        dyv = self._group_params(dy, None, None, p)[0]
+        dyv = _group_view(dy, p)
         dx = _out(x.shape, x.dtype)
         kernel = ({1: k.backward_rows, 4: k.backward_flat}[p.pieces] if p.layout == "flat"
                   else k.backward_lines)
