@@ -29,6 +29,55 @@ def test_small_inputs_run_serially(monkeypatch):
     assert _plan.threads(1) == numba.get_num_threads()
 
 
+def test_row_local_kernels_plan_for_the_pool(monkeypatch):
+    """Kernels whose results do not depend on their blocks plan for the pool's size without
+    reading the thread count; results are the same under numba.set_num_threads(1) and match the
+    reference."""
+    import normcore as nc
+
+    monkeypatch.setattr(_plan, "SERIAL_MAX", 32768)
+    assert _plan.threads(32768, exact=False) == 1
+    assert _plan.threads(32769, exact=False) == numba.config.NUMBA_NUM_THREADS
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 256)).astype(np.float32)
+    layers = [nc.LayerNorm(256, backend=b) for b in ("numba", "numpy")]
+    w = rng.random(256, dtype=np.float32)
+    for layer in layers:
+        layer.weight.data[:] = w
+    want = layers[0](x)
+    old = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert np.array_equal(layers[0](x), want)
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_allclose(want, layers[1](x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(256, 1, 256, 1), (3, 7, 129, 1), (4, 32, 2, 64), (3, 7, 3, 129)])
+def test_group_forwards_do_not_depend_on_their_blocks(shape):
+    """What lets the group forwards plan for the pool's size: every block count gives the same
+    bits (float64, where a different order of the sums would show)."""
+    from normcore_numba.backend import _kernels
+
+    k = _kernels("_group")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * 3 + 5
+    n, g, d, l_ = shape
+    flat = l_ == 1
+    xv = x[:, :, :, 0] if flat else x
+    w, b = rng.random((g, d)), rng.random((g, d))
+    kernel = k.forward_flat if flat else k.forward_lines
+    outs = []
+    for nblk in (1, 2, 3, 8):
+        y, mean, var = np.empty_like(xv), np.empty((n, g)), np.empty((n, g))
+        kernel.run(nblk, xv, w, b, 1e-5, True, y, mean, var)
+        outs.append((y, mean, var))
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other, strict=True):
+            assert np.array_equal(a, c)
+
+
 def test_the_threshold_comes_from_the_environment():
     code = "from normcore_numba import _plan; print(_plan.SERIAL_MAX)"
     for raw, want in (("0", "0"), ("1000", "1000"), (None, "32768")):

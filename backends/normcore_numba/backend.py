@@ -39,8 +39,10 @@ def _kernels(name: str) -> Any:
     return mod
 
 
-def _plan_for(view: str, x: np.ndarray) -> _plan.Plan:
-    return _plan.plan(view, x.shape, x.strides, x.itemsize, _plan.threads(x.size))
+def _plan_for(view: str, x: np.ndarray, exact: bool = True) -> _plan.Plan:
+    """The plan for ``x`` on ``view``; ``exact=False`` where the results do not depend on the
+    blocks (see ``_plan.threads``)."""
+    return _plan.plan(view, x.shape, x.strides, x.itemsize, _plan.threads(x.size, exact))
 
 
 def _widen(a: Any) -> tuple[np.ndarray, np.dtype]:
@@ -279,7 +281,7 @@ class NumbaBackend(Backend):
     def group_normalize(self, x4, weight, bias, eps, center):
         k = _kernels("_group")
         x, orig = _widen(x4)
-        p = _plan_for("group", x)
+        p = _plan_for("group", x, exact=False)  # each row's own statistics
         xv, w, b = self._group_params(x, weight, bias, p)
         y = _out(x.shape, x.dtype)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
@@ -316,7 +318,7 @@ class NumbaBackend(Backend):
         y = _out(x.shape, x.dtype)
         sd = _stat_dtype(x.dtype)
         mean, denom = np.empty(x.shape[0], sd), np.empty(x.shape[0], sd)
-        k.standardize.run(_plan_for("rows", x).nblk, x, float(eps), int(ddof), bool(eps_in_root),
+        k.standardize.run(_plan_for("rows", x, False).nblk, x, float(eps), int(ddof), bool(eps_in_root),
                           y, mean, denom)
         return _narrow(y, orig), mean, denom
 
@@ -325,7 +327,7 @@ class NumbaBackend(Backend):
         x, orig = _widen(x2)
         dy = _widen(dy2)[0]
         dx = _out(x.shape, x.dtype)
-        k.standardize_backward.run(_plan_for("rows", x).nblk, dy, x, _f64(mean), _f64(denom),
+        k.standardize_backward.run(_plan_for("rows", x, False).nblk, dy, x, _f64(mean), _f64(denom),
                                    int(ddof), bool(eps_in_root), dx)
         return _narrow(dx, orig)
 
@@ -345,7 +347,7 @@ class NumbaBackend(Backend):
         else:
             out = _out(flat.shape, flat.dtype)
         nblk = _plan.plan("flat", flat.shape, flat.strides, flat.itemsize,
-                          _plan.threads(flat.size)).nblk
+                          _plan.threads(flat.size, exact=False)).nblk
         k.dropout.run(nblk, flat, np.uint64(seed & _MASK64), np.uint64(dropout_threshold(p)),
                       float(dropout_scale(p)), out)
         return out.astype(x.dtype, copy=False).reshape(x.shape)
