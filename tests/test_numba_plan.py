@@ -78,6 +78,26 @@ def test_group_forwards_do_not_depend_on_their_blocks(shape):
             assert np.array_equal(a, c)
 
 
+def test_row_and_dropout_kernels_do_not_depend_on_their_blocks():
+    from normcore_numba.backend import _kernels
+
+    k = _kernels("_rows")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((37, 129)) * 3 + 5
+    outs = []
+    for nblk in (1, 2, 3, 8):
+        y, mean, denom = np.empty_like(x), np.empty(37), np.empty(37)
+        k.standardize.run(nblk, x, 1e-5, 1, True, y, mean, denom)
+        dx = np.empty_like(x)
+        k.standardize_backward.run(nblk, y, x, mean, denom, 1, True, dx)
+        d = np.empty(x.size)
+        k.dropout.run(nblk, x.reshape(-1), np.uint64(7), np.uint64(1 << 23), 2.0, d)
+        outs.append((y, mean, denom, dx, d))
+    for other in outs[1:]:
+        for a, c in zip(outs[0], other, strict=True):
+            assert np.array_equal(a, c)
+
+
 def test_the_threshold_comes_from_the_environment():
     code = "from normcore_numba import _plan; print(_plan.SERIAL_MAX)"
     for raw, want in (("0", "0"), ("1000", "1000"), (None, "32768")):

@@ -3,7 +3,8 @@
 A kernel's outer loop is ``for b in prange(nblk)``: block b takes a fixed contiguous range of the
 work's units and sums into partials of its own, merged in block order afterwards. The partition
 depends only on the shape and the thread count, so results are deterministic for a fixed thread
-count. ``nblk == 1`` runs the serial variant on the calling thread (see ``_jit``).
+count (the kernels whose results do not depend on the partition plan for the pool's size: see
+``threads``). ``nblk == 1`` runs the serial variant on the calling thread (see ``_jit``).
 
 Measured on the 2-core test machine (float32, ``normcore bench``); see docs/backends.md.
 """

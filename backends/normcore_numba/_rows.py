@@ -27,7 +27,8 @@ from ._shared import shift, sums
 
 @kernel
 def standardize(nblk, x, eps, ddof, eps_in_root, y, mean, denom):
-    """y = (x - mean) / denom per row; float64 mean and denom into mean, denom (R,)."""
+    """y = (x - mean) / denom per row; mean and denom (R,), in their arrays' dtype, into mean,
+    denom."""
     r_, k_ = x.shape
     for blk in prange(nblk):
         for r in range(blk * r_ // nblk, (blk + 1) * r_ // nblk):
