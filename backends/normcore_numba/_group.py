@@ -62,6 +62,20 @@ def _line_sums(x, n, g, k):
     return s1, s2
 
 
+@inline
+def _merge(pw, pb, dw, db):
+    """dw and db: the blocks' (nblk, G, M) partials added up in block order."""
+    for g in range(dw.shape[0]):
+        for j in range(dw.shape[1]):
+            sw = pw[0, g, j]
+            sb = pb[0, g, j]
+            for b in range(1, pw.shape[0]):
+                sw += pw[b, g, j]
+                sb += pb[b, g, j]
+            dw[g, j] = sw
+            db[g, j] = sb
+
+
 # ---------------------------------------------------------------- helpers (flat rows (N, G, M))
 
 
@@ -285,9 +299,10 @@ def forward_lines(nblk, x, w, b, eps, center, y, mean, var):
 
 
 @kernel
-def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
+def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
     """dx into dx; each block's dweight and dbias terms into pw[blk], pb[blk] (zeroed (nblk, G,
-    M) float64; the caller sums them over blocks)."""
+    M) float64), then their totals over the blocks, in block order, into dw, db ((G, M), stored
+    in their dtype). mean and var in either float dtype (read as float64)."""
     n_, g_, _ = x.shape
     for blk in prange(nblk):
         r = blk * (n_ * g_) // nblk
@@ -304,10 +319,11 @@ def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
                     _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
                     _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
             r += n1 - n0
+    _merge(pw, pb, dw, db)
 
 
 @kernel
-def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
+def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
     """backward_flat for (N, G, D, L); partials of shape (nblk, G, D)."""
     n_, g_, d_, l_ = x.shape
     rows = n_ * g_
@@ -345,11 +361,11 @@ def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
                 f = tp(rstd * w[g, d])
                 for i in range(l_):
                     dxr[i] = f * dyr[i] - k2 * (xr[i] - m) - k3
-
+    _merge(pw, pb, dw, db)
 
 
 @kernel
-def backward_rows(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
+def backward_rows(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
     """backward_flat one row at a time, n-major, without the four-row tiles: for inputs that run
     on the calling thread, where its cold compile (a third of backward_flat's) is most of a
     first call."""
@@ -361,3 +377,4 @@ def backward_rows(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb):
             rstd = _rstd(var[n, g], eps)
             _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
             _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
+    _merge(pw, pb, dw, db)

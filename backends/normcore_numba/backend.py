@@ -71,6 +71,14 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
+def _stats(a: Any) -> np.ndarray:
+    """Saved statistics as the kernels read them: a contiguous float32 or float64 array as it
+    is (read as float64 in the kernel), anything else as float64."""
+    if type(a) is np.ndarray and (a.dtype == _F64 or a.dtype == np.float32) and a.flags.c_contiguous:
+        return a
+    return _f64(a)
+
+
 def _as(a: Any, dtype: np.dtype) -> np.ndarray:
     """A parameter as a contiguous array of ``dtype`` (no copy when it already is one)."""
     if type(a) is np.ndarray and a.dtype == dtype and a.flags.c_contiguous:
@@ -113,6 +121,14 @@ def _group_view(a: np.ndarray, p: _plan.Plan) -> np.ndarray:
         return a
     n, g, d, l_ = a.shape
     return a[:, :, :, 0] if l_ == 1 else a.reshape(n, g, d * l_)
+
+
+def _group_param(a: Any, x: np.ndarray, p: _plan.Plan, fill: float) -> np.ndarray:
+    """A weight or bias as the group kernels take it, in x's dtype (the maps run in it): (G, D)
+    for ``lines``, (G, D * L) for ``flat`` (repeated along L); ``fill`` where it is None."""
+    g, d, l_ = x.shape[1:]
+    a = np.full((g, d), fill, x.dtype) if a is None else _as(a, x.dtype).reshape(g, d)
+    return np.repeat(a, l_, axis=1) if p.layout == "flat" and l_ > 1 else a
 
 
 class NumbaBackend(Backend):
@@ -263,26 +279,11 @@ class NumbaBackend(Backend):
                 new_var.astype(np.asarray(running_var).dtype, copy=False))
 
     # -------------------------------------------------------------- group view (N, G, D, L)
-    @staticmethod
-    def _group_params(x, weight, bias, p):
-        """(x, w, b) as the group kernels take them: for ``flat``, (N, G, D * L) x and (G, D * L)
-        parameters (repeated along L); for ``lines`` x as it is and (G, D) parameters."""
-        g, d, l_ = x.shape[1:]
-        # parameters in x's dtype: the maps run in it (see _group)
-        w = np.ones((g, d), x.dtype) if weight is None else _as(weight, x.dtype).reshape(g, d)
-        b = None if bias is None else _as(bias, x.dtype).reshape(g, d)
-        if p.layout == "flat" and l_ > 1:
-            w = np.repeat(w, l_, axis=1)
-            b = None if b is None else np.repeat(b, l_, axis=1)
-        if b is None:
-            b = np.zeros(w.shape, x.dtype)
-        return _group_view(x, p), w, b
-
     def group_normalize(self, x4, weight, bias, eps, center):
         k = _kernels("_group")
         x, orig = _widen(x4)
         p = _plan_for("group", x, exact=False)  # each row's own statistics
-        xv, w, b = self._group_params(x, weight, bias, p)
+        xv, w, b = _group_view(x, p), _group_param(weight, x, p, 1.0), _group_param(bias, x, p, 0.0)
         y = _out(x.shape, x.dtype)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
         sd = _stat_dtype(x.dtype)  # the kernel rounds the float64 statistics as it stores them
@@ -296,19 +297,20 @@ class NumbaBackend(Backend):
         dy = _widen(dy4)[0]
         n, g, d, l_ = x.shape
         p = _plan_for("group", x)
-        xv, w, _ = self._group_params(x, weight, None, p)
+        xv, w = _group_view(x, p), _group_param(weight, x, p, 1.0)
         dyv = _group_view(dy, p)
         dx = _out(x.shape, x.dtype)
         kernel = ({1: k.backward_rows, 4: k.backward_flat}[p.pieces] if p.layout == "flat"
                   else k.backward_lines)
-        pw, pb = _partials(p.nblk, *w.shape)
-        kernel.run(p.nblk, dyv, xv, _f64(mean), _f64(var), float(eps), w, bool(center),
-                   dx.reshape(xv.shape), pw, pb)
-        dweight, dbias = pw.sum(axis=0), pb.sum(axis=0)
-        if dweight.shape != (g, d):  # flat rows of D * L: sum over L
+        gd = _grad_dtype(weight, orig)
+        folded = w.shape != (g, d)  # flat rows of D * L: the totals are summed over L after
+        direct = not folded and gd in (_F64, np.float32)  # the kernel stores them in gd
+        dweight, dbias = (np.empty(w.shape, gd if direct else _F64) for _ in range(2))
+        kernel.run(p.nblk, dyv, xv, _stats(mean), _stats(var), float(eps), w, bool(center),
+                   dx.reshape(xv.shape), *_partials(p.nblk, *w.shape), dweight, dbias)
+        if folded:
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
             dbias = dbias.reshape(g, d, l_).sum(axis=2)
-        gd = _grad_dtype(weight, orig)
         return _narrow(dx, orig), dweight.astype(gd, copy=False), dbias.astype(gd, copy=False)
 
     # -------------------------------------------------------------- row view (R, K)
