@@ -71,9 +71,10 @@ def _f64(a: Any) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=_F64)
 
 
-def _stats(a: Any) -> np.ndarray:
-    """Saved statistics as the kernels read them: a contiguous float32 or float64 array as it
-    is (read as float64 in the kernel), anything else as float64."""
+def _floats(a: Any) -> np.ndarray:
+    """Statistics and per-channel parameters as the kernels read them: a contiguous float32 or
+    float64 array as it is (the kernels read it as float64), anything else as float64; None is
+    the empty "absent" vector. (A conversion costs about a microsecond a call.)"""
     if type(a) is np.ndarray and (a.dtype == _F64 or a.dtype == np.float32) and a.flags.c_contiguous:
         return a
     return _f64(a)
@@ -173,7 +174,7 @@ class NumbaBackend(Backend):
         x, orig = _widen(x3)
         p = _plan_for("channel", x)
         k = _kernels("_cols" if p.layout == "cols" else "_channel")
-        args = (_f64(mean), _f64(var), float(eps), _f64(weight), _f64(bias))
+        args = (_floats(mean), _floats(var), float(eps), _floats(weight), _floats(bias))
         if p.layout == "cols":
             y2, y = _cols_out(x.shape, x.dtype, p)
             x2 = _cols(x, p)
@@ -204,24 +205,25 @@ class NumbaBackend(Backend):
         else:
             rm, rv, momentum, corr = running
             c = x.shape[1]
-            upd = (_f64(rm), _f64(rv), float(momentum), float(corr), np.empty(c), np.empty(c))
+            rm, rv = _floats(rm), _floats(rv)
+            upd = (rm, rv, float(momentum), float(corr), np.empty(c, rm.dtype), np.empty(c, rv.dtype))
         eps = 0.0 if eps is None else float(eps)
         if p.layout == "cols":
             y2, y = (_cols_out(x.shape, x.dtype, p) if normalize
                      else (np.empty((0, 0), x.dtype), None))
             x2 = _cols(x, p)
-            mean, var = k.forward_cols.run(p.nblk, x2, p.inner, x.shape[1], eps, _f64(weight),
-                                           _f64(bias), y2,
+            mean, var = k.forward_cols.run(p.nblk, x2, p.inner, x.shape[1], eps, _floats(weight),
+                                           _floats(bias), y2,
                                            narrow, *upd, *_partials(p.nblk, x2.shape[1]),
                                            np.empty((3, x2.shape[1]), x.dtype), _plan.COLS_TILE)
         elif p.layout == "chan":
             y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-            k.forward_chan.run(p.nblk, x, eps, _f64(weight), _f64(bias), y, narrow, *upd, mean, var)
+            k.forward_chan.run(p.nblk, x, eps, _floats(weight), _floats(bias), y, narrow, *upd, mean, var)
             y = y if normalize else None
         else:
             y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
-            mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _f64(weight), _f64(bias), y,
+            mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _floats(weight), _floats(bias), y,
                                           narrow, *upd, *_partials(p.nblk, x.shape[1]),
                                           np.empty((3, x.shape[1]), x.dtype))
             y = y if normalize else None
@@ -250,7 +252,7 @@ class NumbaBackend(Backend):
         dy = _widen(dy3)[0]
         p = _plan_for("channel", x)
         k = _kernels("_cols" if p.layout == "cols" else "_channel")
-        args = (_f64(mean), _f64(var), float(eps), _f64(weight), bool(batch_stats))
+        args = (_floats(mean), _floats(var), float(eps), _floats(weight), bool(batch_stats))
         if p.layout == "cols":
             dx2, dx = (_cols_out(x.shape, x.dtype, p) if want_dx
                        else (np.empty((0, 0), x.dtype), None))
@@ -306,7 +308,7 @@ class NumbaBackend(Backend):
         folded = w.shape != (g, d)  # flat rows of D * L: the totals are summed over L after
         direct = not folded and gd in (_F64, np.float32)  # the kernel stores them in gd
         dweight, dbias = (np.empty(w.shape, gd if direct else _F64) for _ in range(2))
-        kernel.run(p.nblk, dyv, xv, _stats(mean), _stats(var), float(eps), w, bool(center),
+        kernel.run(p.nblk, dyv, xv, _floats(mean), _floats(var), float(eps), w, bool(center),
                    dx.reshape(xv.shape), *_partials(p.nblk, *w.shape), dweight, dbias)
         if folded:
             dweight = dweight.reshape(g, d, l_).sum(axis=2)
@@ -329,7 +331,7 @@ class NumbaBackend(Backend):
         x, orig = _widen(x2)
         dy = _widen(dy2)[0]
         dx = _out(x.shape, x.dtype)
-        k.standardize_backward.run(_plan_for("rows", x, False).nblk, dy, x, _f64(mean), _f64(denom),
+        k.standardize_backward.run(_plan_for("rows", x, False).nblk, dy, x, _floats(mean), _floats(denom),
                                    int(ddof), bool(eps_in_root), dx)
         return _narrow(dx, orig)
 
