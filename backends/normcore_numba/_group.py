@@ -62,14 +62,19 @@ def _merge(pw, pb, dw, db):
 
 
 @helper
-def _dx_row(dyr, xr, wr, mu, rstd, center, dxr):
-    """dx of one row: its sums (float64), then the map (_dx_map)."""
+def _row_grad(dyr, xr, wr, mu, rstd, center, dxr, pw, pb):
+    """One row's dx, with its dweight and dbias terms added onto the float64 partials pw, pb in
+    the same pass as its sums (float64); then the map (_dx_map)."""
     sg = 0.0
     sgx = 0.0
     for i in range(xr.shape[0]):
-        gi = np.float64(wr[i]) * np.float64(dyr[i])
+        a = np.float64(dyr[i])
+        t = np.float64(xr[i]) - mu
+        gi = np.float64(wr[i]) * a
         sg += gi
-        sgx += gi * (np.float64(xr[i]) - mu)
+        sgx += gi * t
+        pb[i] += a
+        pw[i] += a * (t * rstd)
     _dx_map(dyr, xr, wr, mu, rstd, sg, sgx * rstd, center, dxr)
 
 
@@ -150,14 +155,6 @@ def _about(x, mu, rstd):
     tp = x.dtype.type
     m = tp(mu)
     return m, tp(rstd), tp((mu - np.float64(m)) * rstd)
-
-
-@helper
-def _cols1(dyr, xr, mu, rstd, pw, pb):
-    for i in range(pw.shape[0]):
-        a = np.float64(dyr[i])
-        pb[i] += a
-        pw[i] += a * ((np.float64(xr[i]) - mu) * rstd)
 
 
 # ---------------------------------------------------------------- kernels
@@ -291,8 +288,8 @@ def backward_flat(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
             else:
                 for n in range(n0, n1):
                     rstd = _rstd(var[n, g], eps)
-                    _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
-                    _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
+                    _row_grad(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g],
+                              pw[blk, g], pb[blk, g])
             r += n1 - n0
     _merge(pw, pb, dw, db)
 
@@ -350,6 +347,6 @@ def backward_rows(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
             n = r // g_
             g = r - n * g_
             rstd = _rstd(var[n, g], eps)
-            _dx_row(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g])
-            _cols1(dy[n, g], x[n, g], mean[n, g], rstd, pw[blk, g], pb[blk, g])
+            _row_grad(dy[n, g], x[n, g], w[g], mean[n, g], rstd, center, dx[n, g], pw[blk, g],
+                      pb[blk, g])
     _merge(pw, pb, dw, db)
