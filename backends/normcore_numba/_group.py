@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, inline, kernel
-from ._shared import shift, sums
+from ._shared import dot, shift, sums
 
 
 @inline
@@ -309,14 +309,7 @@ def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
             sg = 0.0
             sgx = 0.0
             for d in range(d_):
-                dyr = dy[n, g, d]
-                xr = x[n, g, d]
-                a1 = 0.0
-                a2 = 0.0
-                for i in range(l_):
-                    t = np.float64(dyr[i])
-                    a1 += t
-                    a2 += t * (np.float64(xr[i]) - mu)
+                a1, a2 = dot(dy[n, g, d], x[n, g, d], mu)
                 pb[blk, g, d] += a1
                 pw[blk, g, d] += a2 * rstd
                 sg += w[g, d] * a1

@@ -22,7 +22,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import helper, kernel
-from ._shared import shift, sums
+from ._shared import dot, shift, sums
 
 
 @kernel
@@ -58,12 +58,7 @@ def standardize_backward(nblk, dy, x, mean, denom, ddof, eps_in_root, dx):
             dyr = dy[r]
             mu = mean[r]
             d = denom[r]
-            sdy = 0.0
-            s = 0.0
-            for i in range(k_):
-                t = np.float64(dyr[i])
-                sdy += t
-                s += t * (np.float64(xr[i]) - mu)
+            sdy, s = dot(dyr, xr, mu)
             if eps_in_root:
                 coef = s / (n * d * d * d)
             else:

@@ -21,6 +21,7 @@ import numpy as np
 from normcore.backend import KERNELS, Availability, Backend, dropout_scale, dropout_threshold
 
 from . import _layer, _plan
+from ._pool import MIN_BYTES as _MIN_POOLED
 from ._pool import empty as _out
 
 _F64 = np.float64
@@ -50,7 +51,7 @@ def _widen(a: Any) -> tuple[np.ndarray, np.dtype]:
     dtypes go in as they are."""
     a = np.asarray(a)
     dt = a.dtype
-    return (a.astype(np.float32) if dt == np.float16 else a), dt
+    return (a.astype(np.float32) if dt.type is np.float16 else a), dt
 
 
 def _narrow(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -59,7 +60,12 @@ def _narrow(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _stat_dtype(dtype: np.dtype) -> type:
-    return _F64 if dtype == _F64 else np.float32
+    return _F64 if dtype.type is _F64 else np.float32
+
+
+def _out_like(x: np.ndarray) -> np.ndarray:
+    """A new C-contiguous array of x's shape and dtype (pooled when it is large)."""
+    return np.empty(x.shape, x.dtype) if x.nbytes < _MIN_POOLED else _out(x.shape, x.dtype)
 
 
 def _f64(a: Any) -> np.ndarray:
@@ -127,9 +133,14 @@ def _group_view(a: np.ndarray, p: _plan.Plan) -> np.ndarray:
 def _group_param(a: Any, x: np.ndarray, p: _plan.Plan, fill: float) -> np.ndarray:
     """A weight or bias as the group kernels take it, in x's dtype (the maps run in it): (G, D)
     for ``lines``, (G, D * L) for ``flat`` (repeated along L); ``fill`` where it is None."""
-    g, d, l_ = x.shape[1:]
-    a = np.full((g, d), fill, x.dtype) if a is None else _as(a, x.dtype).reshape(g, d)
-    return np.repeat(a, l_, axis=1) if p.layout == "flat" and l_ > 1 else a
+    _, g, d, l_ = x.shape
+    if a is None:
+        a = np.full((g, d), fill, x.dtype)
+    else:
+        a = _as(a, x.dtype)
+        if a.shape != (g, d):
+            a = a.reshape(g, d)
+    return a if l_ == 1 or p.layout != "flat" else np.repeat(a, l_, axis=1)
 
 
 class NumbaBackend(Backend):
@@ -180,7 +191,7 @@ class NumbaBackend(Backend):
             x2 = _cols(x, p)
             k.normalize_cols.run(p.nblk, x2, p.inner, *args, y2, np.empty((3, x2.shape[1]), x.dtype))
         else:
-            y = _out(x.shape, x.dtype)
+            y = _out_like(x)
             k.normalize_ncl.run(p.nblk, x, p.pieces, *args, y, np.empty((3, x.shape[1]), x.dtype))
         return _narrow(y, orig)
 
@@ -217,12 +228,12 @@ class NumbaBackend(Backend):
                                            narrow, *upd, *_partials(p.nblk, x2.shape[1]),
                                            np.empty((3, x2.shape[1]), x.dtype), _plan.COLS_TILE)
         elif p.layout == "chan":
-            y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
+            y = _out_like(x) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
             k.forward_chan.run(p.nblk, x, eps, _floats(weight), _floats(bias), y, narrow, *upd, mean, var)
             y = y if normalize else None
         else:
-            y = _out(x.shape, x.dtype) if normalize else np.empty((0, 0, 0), x.dtype)
+            y = _out_like(x) if normalize else np.empty((0, 0, 0), x.dtype)
             mean, var = k.forward_ncl.run(p.nblk, x, p.pieces, eps, _floats(weight), _floats(bias), y,
                                           narrow, *upd, *_partials(p.nblk, x.shape[1]),
                                           np.empty((3, x.shape[1]), x.dtype))
@@ -262,11 +273,11 @@ class NumbaBackend(Backend):
                                                        np.empty((4, x2.shape[1]), x.dtype),
                                                        _plan.COLS_TILE)
         elif p.layout == "chan":
-            dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
+            dx = _out_like(x) if want_dx else np.empty((0, 0, 0), x.dtype)
             dweight, s_dy, s_dyx = (np.empty(x.shape[1]) for _ in range(3))
             k.backward_chan.run(p.nblk, dy, x, *args, dx, dweight, s_dy, s_dyx)
         else:
-            dx = _out(x.shape, x.dtype) if want_dx else np.empty((0, 0, 0), x.dtype)
+            dx = _out_like(x) if want_dx else np.empty((0, 0, 0), x.dtype)
             dweight, s_dy, s_dyx = k.backward_ncl.run(p.nblk, dy, x, p.pieces, *args, dx,
                                                       *_partials(p.nblk, x.shape[1]),
                                                       np.empty((4, x.shape[1]), x.dtype))
@@ -286,7 +297,7 @@ class NumbaBackend(Backend):
         x, orig = _widen(x4)
         p = _plan_for("group", x, exact=False)  # each row's own statistics
         xv, w, b = _group_view(x, p), _group_param(weight, x, p, 1.0), _group_param(bias, x, p, 0.0)
-        y = _out(x.shape, x.dtype)
+        y = _out_like(x)
         kernel = k.forward_flat if p.layout == "flat" else k.forward_lines
         sd = _stat_dtype(x.dtype)  # the kernel rounds the float64 statistics as it stores them
         mean, var = np.empty(x.shape[:2], sd), np.empty(x.shape[:2], sd)
@@ -301,7 +312,7 @@ class NumbaBackend(Backend):
         p = _plan_for("group", x)
         xv, w = _group_view(x, p), _group_param(weight, x, p, 1.0)
         dyv = _group_view(dy, p)
-        dx = _out(x.shape, x.dtype)
+        dx = _out_like(x)
         kernel = ({1: k.backward_rows, 4: k.backward_flat}[p.pieces] if p.layout == "flat"
                   else k.backward_lines)
         gd = _grad_dtype(weight, orig)
@@ -319,7 +330,7 @@ class NumbaBackend(Backend):
     def standardize_rows(self, x2, eps, ddof, eps_in_root):
         k = _kernels("_rows")
         x, orig = _widen(x2)
-        y = _out(x.shape, x.dtype)
+        y = _out_like(x)
         sd = _stat_dtype(x.dtype)
         mean, denom = np.empty(x.shape[0], sd), np.empty(x.shape[0], sd)
         k.standardize.run(_plan_for("rows", x, False).nblk, x, float(eps), int(ddof), bool(eps_in_root),
@@ -330,7 +341,7 @@ class NumbaBackend(Backend):
         k = _kernels("_rows")
         x, orig = _widen(x2)
         dy = _widen(dy2)[0]
-        dx = _out(x.shape, x.dtype)
+        dx = _out_like(x)
         k.standardize_backward.run(_plan_for("rows", x, False).nblk, dy, x, _floats(mean), _floats(denom),
                                    int(ddof), bool(eps_in_root), dx)
         return _narrow(dx, orig)
