@@ -55,8 +55,8 @@ lint: setup
 
 # The whole suite on every CPU backend, then the conformance suite and the edge, non-finite and
 # hardening tests on the numba-cuda backend under Numba's CUDA simulator (no GPU needed), in one
-# pytest-xdist worker per core (the simulator runs every CUDA thread as a Python thread: 13 -> 7
-# minutes on 2 cores).
+# pytest-xdist worker per core, at most 4 (the simulator runs every CUDA thread as a Python
+# thread: 13 -> 7 minutes on 2 cores).
 # NORMCORE_NUMBA_SERIAL_MAX=0: the numba backend runs its parallel kernels even on the suite's
 # small inputs (by default those run on the calling thread, through serial variants that
 # tests/test_numba_serial.py proves equal bit for bit).
@@ -67,7 +67,8 @@ test: setup lint
 
 test-cudasim: setup
 	NUMBA_ENABLE_CUDASIM=1 NORMCORE_TEST_BACKEND=numba-cuda NORMCORE_TEST_QUICK=1 \
-		$(BIN)/python -m pytest -q -n auto -p no:cacheprovider normcore/testing tests/test_edges.py \
+		$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -p no:cacheprovider \
+		normcore/testing tests/test_edges.py \
 		tests/test_nonfinite.py tests/test_hardening.py
 
 clean:
