@@ -87,6 +87,17 @@ def test_other_sizes_and_small_arrays_are_separate():
     assert pool.pooled_bytes == a.nbytes + b.nbytes
 
 
+def test_empty_like_is_c_contiguous_and_pools_only_large_outputs():
+    pool = Pool(1 << 30)
+    big = np.zeros(SHAPE[::-1], np.float32).T  # Fortran order: the output is C order anyway
+    a = pool.empty_like(big)
+    assert a.shape == SHAPE and a.dtype == np.float32 and a.flags.c_contiguous
+    assert pool.pooled_bytes == a.nbytes and a.base is not None
+    small = pool.empty_like(np.zeros((8, 8), np.float64)[:, ::2])
+    assert small.shape == (8, 4) and small.dtype == np.float64 and small.flags.c_contiguous
+    assert small.base is None and pool.pooled_bytes == a.nbytes
+
+
 def test_limit_evicts_idle_buffers_and_never_exceeds():
     nbytes = int(np.prod(SHAPE)) * 4
     pool = Pool(2 * nbytes)

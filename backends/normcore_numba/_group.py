@@ -192,13 +192,8 @@ def forward_flat(nblk, x, w, b, eps, center, y, mean, var):
             mu, v = _moments(s1, s2, k, m_, center)
             mean[n, g] = mu
             var[n, g] = v
-            # the map in x's dtype about the mean rounded to it, m; its rounding, mu - m, moved into d
+            m, rs, d = _about(x, mu, _rstd(v, eps))  # the map in x's dtype (see _about)
             xr = x[n, g]
-            tp = xr.dtype.type
-            m = tp(mu)
-            rstd = 1.0 / math.sqrt(v + eps)
-            rs = tp(rstd)
-            d = tp((mu - np.float64(m)) * rstd)
             yr = y[n, g]
             wr = w[g]
             br = b[g]
@@ -243,7 +238,7 @@ def forward_lines(nblk, x, w, b, eps, center, y, mean, var):
             mu, v = _moments(s1, s2, k, d_ * l_, center)
             mean[n, g] = mu
             var[n, g] = v
-            rstd = 1.0 / math.sqrt(v + eps)
+            rstd = _rstd(v, eps)
             m = tp(mu)  # x - mu = (x - m) - (mu - m): the mean's rounding moved into sh
             r += 1
             # the next row, counted on (see forward_flat); the block's last row sums itself again
@@ -305,7 +300,7 @@ def backward_lines(nblk, dy, x, mean, var, eps, w, center, dx, pw, pb, dw, db):
             n = r // g_
             g = r - n * g_
             mu = mean[n, g]
-            rstd = 1.0 / math.sqrt(var[n, g] + eps)
+            rstd = _rstd(var[n, g], eps)
             sg = 0.0
             sgx = 0.0
             for d in range(d_):

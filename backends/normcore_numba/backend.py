@@ -21,8 +21,8 @@ import numpy as np
 from normcore.backend import KERNELS, Availability, Backend, dropout_scale, dropout_threshold
 
 from . import _layer, _plan
-from ._pool import MIN_BYTES as _MIN_POOLED
 from ._pool import empty as _out
+from ._pool import empty_like as _out_like
 
 _F64 = np.float64
 _MASK64 = (1 << 64) - 1
@@ -62,10 +62,6 @@ def _narrow(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def _stat_dtype(dtype: np.dtype) -> type:
     return _F64 if dtype.type is _F64 else np.float32
 
-
-def _out_like(x: np.ndarray) -> np.ndarray:
-    """A new C-contiguous array of x's shape and dtype (pooled when it is large)."""
-    return np.empty(x.shape, x.dtype) if x.nbytes < _MIN_POOLED else _out(x.shape, x.dtype)
 
 
 def _f64(a: Any) -> np.ndarray:
